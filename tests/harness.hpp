@@ -1,0 +1,253 @@
+// Helpers every test uses. Include this (and any std/Boost/POSIX header) before `import sysv;`.
+//
+//  * sysv_test::child / run_in_child: run a lambda in a forked child; get its exit code or the
+//    signal that killed it. A child that throws or fails a check exits non-zero.
+//  * SYSV_CO_TEST_CASE(name): a test case whose body is a coroutine run on a fresh io_context.
+//  * sysv_test::ipc_guard: records every System V id a test creates and removes them when the
+//    test ends, passed or failed; also makes ftok keys from private temporary files.
+#pragma once
+
+#include <boost/asio.hpp>
+#include <boost/test/unit_test.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/ipc.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace sysv_test {
+
+/// How a child process ended.
+struct exit_status {
+    int code = -1;   ///< exit code, or -1 if killed by a signal
+    int signal = 0;  ///< the killing signal, or 0 if it exited
+    bool exited_with(int c) const { return signal == 0 && code == c; }
+    bool killed_by(int s) const { return signal == s; }
+    friend std::ostream& operator<<(std::ostream& os, const exit_status& s) {
+        if (s.signal != 0)
+            return os << "killed by signal " << s.signal;
+        return os << "exited with " << s.code;
+    }
+};
+
+/// A forked child running a lambda. The lambda's return value (int) is the exit code; an
+/// exception makes the child print it and exit with 99. The destructor kills (SIGKILL) and reaps
+/// a child that is still running, so a failing test never leaves processes behind.
+class child {
+public:
+    template <class F>
+    explicit child(F&& body) {
+        std::fflush(nullptr);
+        pid_ = ::fork();
+        if (pid_ == -1)
+            throw std::system_error(errno, std::generic_category(), "fork");
+        if (pid_ == 0) {
+            int code = 99;
+            try {
+                if constexpr (std::is_void_v<decltype(body())>) {
+                    body();
+                    code = 0;
+                } else {
+                    code = body();
+                }
+            } catch (const std::exception& e) {
+                std::fprintf(stderr, "child %d: exception: %s\n", ::getpid(), e.what());
+            } catch (...) {
+                std::fprintf(stderr, "child %d: unknown exception\n", ::getpid());
+            }
+            std::fflush(nullptr);
+            ::_exit(code); // no atexit handlers, no test-framework teardown in the child
+        }
+    }
+    child(const child&) = delete;
+    child& operator=(const child&) = delete;
+    ~child() {
+        if (pid_ > 0 && !reaped_) {
+            ::kill(pid_, SIGKILL);
+            wait();
+        }
+    }
+
+    pid_t pid() const { return pid_; }
+    void kill(int signal = SIGKILL) const { ::kill(pid_, signal); }
+
+    /// Waits for the child to end.
+    exit_status wait() {
+        if (!reaped_) {
+            int raw = 0;
+            while (::waitpid(pid_, &raw, 0) == -1 && errno == EINTR) {
+            }
+            reaped_ = true;
+            status_ = WIFSIGNALED(raw) ? exit_status{-1, WTERMSIG(raw)}
+                                       : exit_status{WEXITSTATUS(raw), 0};
+        }
+        return status_;
+    }
+
+    /// Waits at most `timeout`; kills the child (SIGKILL) if it is still running then.
+    exit_status wait_for(std::chrono::milliseconds timeout) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (!reaped_ && std::chrono::steady_clock::now() < deadline) {
+            int raw = 0;
+            const pid_t r = ::waitpid(pid_, &raw, WNOHANG);
+            if (r == pid_) {
+                reaped_ = true;
+                status_ = WIFSIGNALED(raw) ? exit_status{-1, WTERMSIG(raw)}
+                                           : exit_status{WEXITSTATUS(raw), 0};
+                return status_;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        if (!reaped_)
+            ::kill(pid_, SIGKILL);
+        return wait();
+    }
+
+private:
+    pid_t pid_ = -1;
+    bool reaped_ = false;
+    exit_status status_;
+};
+
+/// Runs `body` in a forked child and waits for it.
+template <class F>
+exit_status run_in_child(F&& body) {
+    child c(std::forward<F>(body));
+    return c.wait();
+}
+
+/// Inside a child: fails the child (exit 98, with a message) unless `condition` holds.
+/// Boost.Test's checks do not work across fork, so children report through their exit code.
+inline void child_check(bool condition, const char* what) {
+    if (!condition) {
+        std::fprintf(stderr, "child %d: check failed: %s\n", ::getpid(), what);
+        std::fflush(nullptr);
+        ::_exit(98);
+    }
+}
+#define SYSV_CHILD_CHECK(...) ::sysv_test::child_check(static_cast<bool>(__VA_ARGS__), #__VA_ARGS__)
+
+/// Records System V ids (and temporary files for ftok) and removes them at scope exit.
+class ipc_guard {
+public:
+    ipc_guard() = default;
+    ipc_guard(const ipc_guard&) = delete;
+    ipc_guard& operator=(const ipc_guard&) = delete;
+    ~ipc_guard() { clear(); }
+
+    /// Remember a semaphore set / segment by id (anything with id(), or a raw id).
+    template <class Object>
+    Object& semaphores(Object& object) {
+        semaphore_ids_.push_back(object.id());
+        return object;
+    }
+    template <class Object>
+    Object& memory(Object& object) {
+        memory_ids_.push_back(object.id());
+        return object;
+    }
+    void semaphore_id(int id) { semaphore_ids_.push_back(id); }
+    void memory_id(int id) { memory_ids_.push_back(id); }
+
+    /// A fresh file in a private temporary directory; removed with the guard. Its ftok key is
+    /// unique among live files (ftok uses the inode and device).
+    std::filesystem::path temp_file() {
+        if (dir_.empty()) {
+            std::string pattern =
+                (std::filesystem::temp_directory_path() / "sysv-test-XXXXXX").string();
+            if (::mkdtemp(pattern.data()) == nullptr)
+                throw std::system_error(errno, std::generic_category(), "mkdtemp");
+            dir_ = pattern;
+        }
+        auto path = dir_ / ("key-" + std::to_string(files_++));
+        const int fd = ::open(path.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0600);
+        if (fd == -1)
+            throw std::system_error(errno, std::generic_category(), "create " + path.string());
+        ::close(fd);
+        return path;
+    }
+
+    /// An ftok key (project id 1) of a fresh temporary file, at which no semaphore set and no
+    /// segment exist yet (ftok keys can collide: skip those that are taken).
+    key_t temp_key() {
+        for (int attempt = 0; attempt < 64; ++attempt) {
+            const key_t k = ::ftok(temp_file().c_str(), 1);
+            if (k != -1 && ::semget(k, 0, 0) == -1 && errno == ENOENT &&
+                ::shmget(k, 0, 0) == -1 && errno == ENOENT)
+                return k;
+        }
+        throw std::runtime_error("no free ftok key found");
+    }
+
+    /// Removes everything recorded (ignoring objects already removed).
+    void clear() {
+        for (int id : semaphore_ids_)
+            ::semctl(id, 0, IPC_RMID);
+        for (int id : memory_ids_)
+            ::shmctl(id, IPC_RMID, nullptr);
+        semaphore_ids_.clear();
+        memory_ids_.clear();
+        if (!dir_.empty()) {
+            std::error_code ignored;
+            std::filesystem::remove_all(dir_, ignored);
+            dir_.clear();
+        }
+    }
+
+private:
+    std::vector<int> semaphore_ids_;
+    std::vector<int> memory_ids_;
+    std::filesystem::path dir_;
+    int files_ = 0;
+};
+
+/// True if a semaphore set with this id still exists.
+inline bool semaphore_set_exists(int id) {
+    return ::semctl(id, 0, GETVAL) != -1 || (errno != EINVAL && errno != EIDRM);
+}
+/// True if a segment with this id still exists.
+inline bool segment_exists(int id) {
+    shmid_ds ds{};
+    return ::shmctl(id, IPC_STAT, &ds) != -1 || (errno != EINVAL && errno != EIDRM);
+}
+
+/// Runs a coroutine test body on a fresh io_context until it and everything it spawned ends;
+/// rethrows what the body threw. Fails (instead of hanging) if it is still running at `limit`.
+inline void run_coroutine_test(std::function<boost::asio::awaitable<void>()> body,
+                               std::chrono::seconds limit = std::chrono::seconds(60)) {
+    boost::asio::io_context io;
+    std::exception_ptr failure;
+    bool finished = false;
+    boost::asio::co_spawn(io, std::move(body), [&](std::exception_ptr e) {
+        failure = e;
+        finished = true;
+    });
+    io.run_for(limit);
+    BOOST_REQUIRE_MESSAGE(finished, "coroutine test did not finish within " << limit.count()
+                                                                            << " s");
+    if (failure)
+        std::rethrow_exception(failure);
+}
+
+} // namespace sysv_test
+
+/// A Boost.Test case whose body is a coroutine (`co_await` works inside), run on a fresh
+/// io_context by sysv_test::run_coroutine_test.
+#define SYSV_CO_TEST_CASE(name)                                                                    \
+    static boost::asio::awaitable<void> name##_coroutine();                                        \
+    BOOST_AUTO_TEST_CASE(name) { ::sysv_test::run_coroutine_test(&name##_coroutine); }             \
+    static boost::asio::awaitable<void> name##_coroutine()
