@@ -40,13 +40,19 @@ union semun {
     seminfo* info;
 };
 
-error_code last_error() noexcept { return error_code(errno, boost::system::system_category()); }
+error_code last_error() noexcept {
+    return error_code(errno, boost::system::system_category());
+}
 
 constexpr int semvmx = 32767;
 
-bool valid_mode(mode_t mode) noexcept { return (mode & ~mode_t(0777)) == 0; }
+bool valid_mode(mode_t mode) noexcept {
+    return (mode & ~mode_t(0777)) == 0;
+}
 
-time_point from_time_t(time_t t) noexcept { return std::chrono::system_clock::from_time_t(t); }
+time_point from_time_t(time_t t) noexcept {
+    return std::chrono::system_clock::from_time_t(t);
+}
 std::optional<time_point> optional_time(time_t t) noexcept {
     if (t == 0)
         return std::nullopt;
@@ -69,8 +75,8 @@ std::string limit_hint(const error_code& ec, std::string_view operation) {
     case ENOSPC:
         if (sem)
             return "the system-wide limit on semaphore sets (SEMMNI = " +
-                   std::to_string(l.max_semaphore_sets) + ") or semaphores (SEMMNS = " +
-                   std::to_string(l.max_semaphores) +
+                   std::to_string(l.max_semaphore_sets) +
+                   ") or semaphores (SEMMNS = " + std::to_string(l.max_semaphores) +
                    ") is reached; raise it in /proc/sys/kernel/sem (SEMMSL SEMMNS SEMOPM SEMMNI)";
         return "the system-wide limit on shared memory segments (SHMMNI = " +
                std::to_string(l.max_segments) +
@@ -321,8 +327,9 @@ shared_memory shared_memory::create(key k, std::size_t size, mode_t mode) {
     auto result = create(k, size, mode, ec);
     if (ec)
         detail::throw_error(ec, "shmget (create)", describe("shared memory", k, -1),
-                            !valid_mode(mode) ? "mode " + mode_string(mode) + " has bits outside 0777"
-                                              : segment_size_detail(size));
+                            !valid_mode(mode)
+                                ? "mode " + mode_string(mode) + " has bits outside 0777"
+                                : segment_size_detail(size));
     return result;
 }
 
@@ -363,8 +370,7 @@ shared_memory shared_memory::open(key k) {
     return result;
 }
 
-shared_memory shared_memory::open_or_create(key k, std::size_t size, mode_t mode,
-                                            error_code& ec) {
+shared_memory shared_memory::open_or_create(key k, std::size_t size, mode_t mode, error_code& ec) {
     // Bounded: each round either creates, opens, or loses a race with a remover.
     for (int attempt = 0; attempt < 100; ++attempt) {
         shared_memory created = create(k, size, mode, ec);
@@ -396,8 +402,8 @@ shared_memory shared_memory::open_or_create(key k, std::size_t size, mode_t mode
     error_code ec;
     auto result = open_or_create(k, size, mode, ec);
     if (ec) {
-        std::string detail = "wanted " + std::to_string(size) + " bytes, mode " + mode_string(mode) +
-                             ", owner uid " + std::to_string(::geteuid());
+        std::string detail = "wanted " + std::to_string(size) + " bytes, mode " +
+                             mode_string(mode) + ", owner uid " + std::to_string(::geteuid());
         if (ec == errc::foreign_object) {
             error_code ignored;
             if (auto existing = open(k, ignored); !ignored) {
@@ -525,7 +531,9 @@ void shared_memory::remove() {
         detail::throw_error(ec, "shmctl (IPC_RMID)", description());
 }
 
-std::string shared_memory::description() const { return describe("shared memory", key_, id_); }
+std::string shared_memory::description() const {
+    return describe("shared memory", key_, id_);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Semaphore sets
@@ -636,8 +644,9 @@ semaphore_set semaphore_set::create(key k, std::span<const int> initial_values, 
     auto result = create(k, initial_values, mode, ec);
     if (ec)
         detail::throw_error(ec, "semget (create)", describe("semaphore set", k, -1),
-                            !valid_mode(mode) ? "mode " + mode_string(mode) + " has bits outside 0777"
-                                              : values_detail(initial_values));
+                            !valid_mode(mode)
+                                ? "mode " + mode_string(mode) + " has bits outside 0777"
+                                : values_detail(initial_values));
     return result;
 }
 
@@ -677,9 +686,8 @@ semaphore_set semaphore_set::open(key k) {
     return result;
 }
 
-semaphore_set semaphore_set::open_or_create(key k, std::span<const int> initial_values,
-                                            mode_t mode, const open_options& options,
-                                            error_code& ec) {
+semaphore_set semaphore_set::open_or_create(key k, std::span<const int> initial_values, mode_t mode,
+                                            const open_options& options, error_code& ec) {
     const auto deadline = std::chrono::steady_clock::now() + options.initialisation_timeout;
     for (int attempt = 0; attempt < 100; ++attempt) {
         const int created = create_set(k, initial_values, mode, ec);
@@ -703,8 +711,8 @@ semaphore_set semaphore_set::open_or_create(key k, std::span<const int> initial_
                 error_code ignored;
                 creator_alive = process_alive(existing.last_pid(0, ignored));
             }
-            switch (detail::classify_existing_set(status, initial_values.size(), mode,
-                                                  ::geteuid(), creator_alive)) {
+            switch (detail::classify_existing_set(status, initial_values.size(), mode, ::geteuid(),
+                                                  creator_alive)) {
             case detail::open_step::ready:
                 return existing;
             case detail::open_step::foreign:
@@ -729,8 +737,8 @@ semaphore_set semaphore_set::open_or_create(key k, std::span<const int> initial_
     return {};
 }
 
-semaphore_set semaphore_set::open_or_create(key k, std::span<const int> initial_values,
-                                            mode_t mode, const open_options& options) {
+semaphore_set semaphore_set::open_or_create(key k, std::span<const int> initial_values, mode_t mode,
+                                            const open_options& options) {
     error_code ec;
     auto result = open_or_create(k, initial_values, mode, options, ec);
     if (ec) {
@@ -773,8 +781,8 @@ namespace {
 class sembuf_array {
 public:
     sembuf_array(operation_list ops, short extra_flags) {
-        sembuf* out = ops.size() <= local_.size() ? local_.data()
-                                                  : (heap_.resize(ops.size()), heap_.data());
+        sembuf* out =
+            ops.size() <= local_.size() ? local_.data() : (heap_.resize(ops.size()), heap_.data());
         for (std::size_t i = 0; i < ops.size(); ++i) {
             const operation& o = ops.span()[i];
             out[i].sem_num = static_cast<unsigned short>(o.index());
@@ -807,8 +815,8 @@ std::string ops_detail(const semaphore_set& set, operation_list ops) {
             return "semaphore index " + std::to_string(o.index()) + ", the set has " +
                    std::to_string(set.size()) + " semaphore(s)";
         if (o.type() != operation::kind::wait_zero && (o.units() < 1 || o.units() > semvmx))
-            return std::to_string(o.units()) + " units on semaphore " +
-                   std::to_string(o.index()) + ", must be 1..32767";
+            return std::to_string(o.units()) + " units on semaphore " + std::to_string(o.index()) +
+                   ", must be 1..32767";
     }
     return s;
 }
@@ -865,8 +873,8 @@ bool semaphore_set::try_apply_for(operation_list ops, std::chrono::nanoseconds t
     sembuf_array raw(ops, 0);
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     for (;;) {
-        const auto remaining = std::max(std::chrono::nanoseconds(0),
-                                        deadline - std::chrono::steady_clock::now());
+        const auto remaining =
+            std::max(std::chrono::nanoseconds(0), deadline - std::chrono::steady_clock::now());
         timespec ts{};
         ts.tv_sec = static_cast<time_t>(remaining.count() / 1'000'000'000);
         ts.tv_nsec = static_cast<long>(remaining.count() % 1'000'000'000);
@@ -914,7 +922,9 @@ std::string index_detail(const semaphore_set& set, std::size_t index) {
 }
 } // namespace
 
-int semaphore_set::value(std::size_t index, error_code& ec) const { return get(GETVAL, index, ec); }
+int semaphore_set::value(std::size_t index, error_code& ec) const {
+    return get(GETVAL, index, ec);
+}
 int semaphore_set::value(std::size_t index) const {
     error_code ec;
     const int v = value(index, ec);
@@ -1111,6 +1121,8 @@ void semaphore_set::remove() {
         detail::throw_error(ec, "semctl (IPC_RMID)", description());
 }
 
-std::string semaphore_set::description() const { return describe("semaphore set", key_, id_); }
+std::string semaphore_set::description() const {
+    return describe("semaphore set", key_, id_);
+}
 
 } // namespace sysv

@@ -1,7 +1,8 @@
 // sysv.core: the synchronous System V IPC layer (keys, shared memory, semaphore sets, errors).
 //
 // Conventions used throughout:
-//  * every operation comes as a pair: `f(args..., error_code&)` which never throws, and `f(args...)`
+//  * every operation comes as a pair: `f(args..., error_code&)` which never throws, and
+//  `f(args...)`
 //    which throws boost::system::system_error whose what() names the operation, the object (key and
 //    id) and the cause, and for kernel limits which limit and where it is set;
 //  * errno values keep boost::system::system_category(); conditions of our own are sysv::errc;
@@ -84,11 +85,11 @@ inline error_code make_error_code(errc e) noexcept {
 /// Semaphore limits are set in /proc/sys/kernel/sem ("SEMMSL SEMMNS SEMOPM SEMMNI"); shared memory
 /// limits in /proc/sys/kernel/shmmax, shmall and shmmni.
 struct kernel_limits {
-    int max_semaphores_per_set; ///< SEMMSL
-    int max_semaphores;         ///< SEMMNS (system-wide)
-    int max_operations_per_call; ///< SEMOPM
-    int max_semaphore_sets;      ///< SEMMNI
-    int max_semaphore_value;     ///< SEMVMX (32767 on Linux)
+    int max_semaphores_per_set;   ///< SEMMSL
+    int max_semaphores;           ///< SEMMNS (system-wide)
+    int max_operations_per_call;  ///< SEMOPM
+    int max_semaphore_sets;       ///< SEMMNI
+    int max_semaphore_value;      ///< SEMVMX (32767 on Linux)
     std::size_t max_segment_size; ///< SHMMAX
     std::size_t min_segment_size; ///< SHMMIN
     std::size_t max_segments;     ///< SHMMNI
@@ -151,7 +152,7 @@ struct shared_memory_status {
     std::size_t size;
     std::size_t attach_count;
     pid_t creator_pid;
-    pid_t last_pid;                       ///< last shmat/shmdt
+    pid_t last_pid;                        ///< last shmat/shmdt
     std::optional<time_point> last_attach; ///< empty when never attached
     std::optional<time_point> last_detach;
     time_point last_change;
@@ -175,8 +176,7 @@ struct semaphore_set_status {
 
 namespace detail {
 [[noreturn]] void throw_layout_error(const error_code& ec, std::size_t offset, std::size_t count,
-                                     std::size_t size, std::size_t align,
-                                     std::size_t segment_size);
+                                     std::size_t size, std::size_t align, std::size_t segment_size);
 } // namespace detail
 
 /// Tags selecting how a segment is attached; they decide the attachment's type.
@@ -314,7 +314,8 @@ public:
 
     shared_memory() noexcept = default;
     shared_memory(shared_memory&& other) noexcept
-        : key_(other.key_), id_(std::exchange(other.id_, -1)), size_(std::exchange(other.size_, 0)) {}
+        : key_(other.key_), id_(std::exchange(other.id_, -1)),
+          size_(std::exchange(other.size_, 0)) {}
     shared_memory& operator=(shared_memory&& other) noexcept {
         key_ = other.key_;
         id_ = std::exchange(other.id_, -1);
@@ -463,13 +464,12 @@ public:
     static semaphore_set create(key k, std::span<const int> initial_values, mode_t mode = 0600);
     static semaphore_set create(key k, std::initializer_list<int> initial_values,
                                 mode_t mode = 0600) {
-        return create(k, std::span<const int>(initial_values.begin(), initial_values.size()),
-                      mode);
+        return create(k, std::span<const int>(initial_values.begin(), initial_values.size()), mode);
     }
     static semaphore_set create(key k, std::initializer_list<int> initial_values, mode_t mode,
                                 error_code& ec) {
-        return create(k, std::span<const int>(initial_values.begin(), initial_values.size()),
-                      mode, ec);
+        return create(k, std::span<const int>(initial_values.begin(), initial_values.size()), mode,
+                      ec);
     }
 
     /// Opens the existing set at `k`; its size is read with IPC_STAT.
@@ -500,7 +500,8 @@ public:
 
     semaphore_set() noexcept = default;
     semaphore_set(semaphore_set&& other) noexcept
-        : key_(other.key_), id_(std::exchange(other.id_, -1)), size_(std::exchange(other.size_, 0)) {}
+        : key_(other.key_), id_(std::exchange(other.id_, -1)),
+          size_(std::exchange(other.size_, 0)) {}
     semaphore_set& operator=(semaphore_set&& other) noexcept {
         key_ = other.key_;
         id_ = std::exchange(other.id_, -1);

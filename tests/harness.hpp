@@ -33,8 +33,8 @@ namespace sysv_test {
 
 /// How a child process ended.
 struct exit_status {
-    int code = -1;   ///< exit code, or -1 if killed by a signal
-    int signal = 0;  ///< the killing signal, or 0 if it exited
+    int code = -1;  ///< exit code, or -1 if killed by a signal
+    int signal = 0; ///< the killing signal, or 0 if it exited
     bool exited_with(int c) const { return signal == 0 && code == c; }
     bool killed_by(int s) const { return signal == s; }
     friend std::ostream& operator<<(std::ostream& os, const exit_status& s) {
@@ -186,8 +186,8 @@ public:
     key_t temp_key() {
         for (int attempt = 0; attempt < 64; ++attempt) {
             const key_t k = ::ftok(temp_file().c_str(), 1);
-            if (k != -1 && ::semget(k, 0, 0) == -1 && errno == ENOENT &&
-                ::shmget(k, 0, 0) == -1 && errno == ENOENT)
+            if (k != -1 && ::semget(k, 0, 0) == -1 && errno == ENOENT && ::shmget(k, 0, 0) == -1 &&
+                errno == ENOENT)
                 return k;
         }
         throw std::runtime_error("no free ftok key found");
@@ -237,8 +237,8 @@ inline void run_coroutine_test(std::function<boost::asio::awaitable<void>()> bod
         finished = true;
     });
     io.run_for(limit);
-    BOOST_REQUIRE_MESSAGE(finished, "coroutine test did not finish within " << limit.count()
-                                                                            << " s");
+    BOOST_REQUIRE_MESSAGE(finished,
+                          "coroutine test did not finish within " << limit.count() << " s");
     if (failure)
         std::rethrow_exception(failure);
 }
@@ -249,5 +249,7 @@ inline void run_coroutine_test(std::function<boost::asio::awaitable<void>()> bod
 /// io_context by sysv_test::run_coroutine_test.
 #define SYSV_CO_TEST_CASE(name)                                                                    \
     static boost::asio::awaitable<void> name##_coroutine();                                        \
-    BOOST_AUTO_TEST_CASE(name) { ::sysv_test::run_coroutine_test(&name##_coroutine); }             \
+    BOOST_AUTO_TEST_CASE(name) {                                                                   \
+        ::sysv_test::run_coroutine_test(&name##_coroutine);                                        \
+    }                                                                                              \
     static boost::asio::awaitable<void> name##_coroutine()
