@@ -59,10 +59,33 @@ std::optional<time_point> optional_time(time_t t) noexcept {
     return from_time_t(t);
 }
 
+// All bits, so that a mode refused for bits outside 0777 is shown with them ("01600").
 std::string mode_string(mode_t mode) {
-    char buffer[8];
-    std::snprintf(buffer, sizeof buffer, "0%03o", static_cast<unsigned>(mode & 0777));
+    char buffer[16];
+    std::snprintf(buffer, sizeof buffer, "0%03o", static_cast<unsigned>(mode));
     return buffer;
+}
+
+std::string permissions_detail(const permissions& p) {
+    return "owner uid " + std::to_string(p.owner_uid) + ", gid " + std::to_string(p.owner_gid) +
+           ", mode " + mode_string(p.mode);
+}
+
+// now + timeout, saturated: a huge timeout (duration::max() for "as long as it takes") must not
+// overflow into a deadline in the past. Compared in the timeout's own unit, which converting to
+// nanoseconds would overflow.
+template <class Rep, class Period>
+std::chrono::steady_clock::time_point
+deadline_after(std::chrono::duration<Rep, Period> timeout) noexcept {
+    using clock = std::chrono::steady_clock;
+    const auto now = clock::now();
+    if (timeout <= timeout.zero())
+        return now;
+    const auto room = std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(
+        clock::time_point::max() - now);
+    if (timeout >= room)
+        return clock::time_point::max();
+    return now + std::chrono::duration_cast<clock::duration>(timeout);
 }
 
 // Kernel wording for limit errors: which limit and where to raise it.
@@ -413,6 +436,8 @@ shared_memory shared_memory::open_or_create(key k, std::size_t size, mode_t mode
                               std::to_string(st.owner.owner_uid) + " (id " +
                               std::to_string(existing.id()) + ")";
             }
+        } else if (ec == errc::invalid_argument && !valid_mode(mode)) {
+            detail = "mode " + mode_string(mode) + " has bits outside 0777";
         } else if (ec == errc::limit_exceeded || ec == errc::invalid_argument) {
             detail = segment_size_detail(size);
         }
@@ -500,15 +525,21 @@ void shared_memory::set_permissions(const permissions& p, error_code& ec) {
     ds.shm_perm.uid = p.owner_uid;
     ds.shm_perm.gid = p.owner_gid;
     ds.shm_perm.mode = static_cast<unsigned short>(p.mode);
-    if (::shmctl(id_, IPC_SET, &ds) == -1)
-        ec = detail::id_error(errno);
+    if (::shmctl(id_, IPC_SET, &ds) == -1) {
+        // EINVAL also means an invalid uid/gid: "removed" only if the segment is gone.
+        const int err = errno;
+        shmid_ds probe{};
+        ec = err == EINVAL && stat_segment(id_, probe) != errc::removed
+                 ? make_error_code(errc::invalid_argument)
+                 : detail::id_error(err);
+    }
 }
 
 void shared_memory::set_permissions(const permissions& p) {
     error_code ec;
     set_permissions(p, ec);
     if (ec)
-        detail::throw_error(ec, "shmctl (IPC_SET)", description(), "mode " + mode_string(p.mode));
+        detail::throw_error(ec, "shmctl (IPC_SET)", description(), permissions_detail(p));
 }
 
 void shared_memory::remove(error_code& ec) {
@@ -688,7 +719,7 @@ semaphore_set semaphore_set::open(key k) {
 
 semaphore_set semaphore_set::open_or_create(key k, std::span<const int> initial_values, mode_t mode,
                                             const open_options& options, error_code& ec) {
-    const auto deadline = std::chrono::steady_clock::now() + options.initialisation_timeout;
+    const auto deadline = deadline_after(options.initialisation_timeout);
     for (int attempt = 0; attempt < 100; ++attempt) {
         const int created = create_set(k, initial_values, mode, ec);
         if (!ec)
@@ -871,7 +902,7 @@ bool semaphore_set::try_apply_for(operation_list ops, std::chrono::nanoseconds t
     if ((ec = validate(ops)))
         return false;
     sembuf_array raw(ops, 0);
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    const auto deadline = deadline_after(timeout);
     for (;;) {
         const auto remaining =
             std::max(std::chrono::nanoseconds(0), deadline - std::chrono::steady_clock::now());
@@ -1090,15 +1121,21 @@ void semaphore_set::set_permissions(const permissions& p, error_code& ec) {
     ds.sem_perm.mode = static_cast<unsigned short>(p.mode);
     semun arg{};
     arg.buf = &ds;
-    if (::semctl(id_, 0, IPC_SET, arg) == -1)
-        ec = detail::id_error(errno);
+    if (::semctl(id_, 0, IPC_SET, arg) == -1) {
+        // EINVAL also means an invalid uid/gid: "removed" only if the set is gone.
+        const int err = errno;
+        semid_ds probe{};
+        ec = err == EINVAL && stat_set(id_, probe) != errc::removed
+                 ? make_error_code(errc::invalid_argument)
+                 : detail::id_error(err);
+    }
 }
 
 void semaphore_set::set_permissions(const permissions& p) {
     error_code ec;
     set_permissions(p, ec);
     if (ec)
-        detail::throw_error(ec, "semctl (IPC_SET)", description(), "mode " + mode_string(p.mode));
+        detail::throw_error(ec, "semctl (IPC_SET)", description(), permissions_detail(p));
 }
 
 void semaphore_set::remove(error_code& ec) {
