@@ -623,6 +623,81 @@ private:
 using async_semaphore_set = basic_async_semaphore_set<>;
 
 // ---------------------------------------------------------------------------------------------
+// Race-free open without blocking
+// ---------------------------------------------------------------------------------------------
+
+namespace detail {
+/// The composed operation of async_open_or_create.
+struct open_op {
+    detail::set_opener opener;
+    std::unique_ptr<boost::asio::steady_timer> timer;
+    bool started = false;
+    std::optional<std::pair<error_code, semaphore_set>> finished;
+
+    template <class Self>
+    void operator()(Self& self, error_code wait_error = {}) {
+        if (finished) { // the posted completion of a first step that finished at once
+            auto [ec, set] = std::move(*finished);
+            self.complete(ec, std::move(set));
+            return;
+        }
+        if (wait_error) { // the timer wait was cancelled
+            self.complete(wait_error, semaphore_set());
+            return;
+        }
+        semaphore_set result;
+        error_code ec;
+        if (opener.step(result, ec)) {
+            if (started) {
+                self.complete(ec, std::move(result));
+            } else { // never complete from the initiating function
+                finished.emplace(ec, std::move(result));
+                boost::asio::post(timer->get_executor(), std::move(self));
+            }
+            return;
+        }
+        if (!started) {
+            started = true;
+            self.reset_cancellation_state(boost::asio::enable_total_cancellation());
+        }
+        timer->expires_after(opener.options().poll_interval);
+        timer->async_wait(std::move(self));
+    }
+};
+} // namespace detail
+
+/// semaphore_set::open_or_create without blocking the thread: creates the set, or opens it and
+/// waits (on a timer of `ex`, every options.poll_interval) until its creator has published the
+/// initial values, then verifies it is ours. Completion signature
+/// `void(error_code, semaphore_set)`; errors as for the blocking version (foreign_object,
+/// not_initialised after options.initialisation_timeout or when the creator died). The first
+/// look happens in the initiating function; the handler runs on its associated executor (by
+/// default `ex`). Supports terminal, partial and total cancellation while waiting for another
+/// process's creator (operation_aborted; nothing was created by this call then).
+template <class Executor, boost::asio::completion_token_for<void(error_code, semaphore_set)> Token =
+                              boost::asio::default_completion_token_t<Executor>>
+    requires boost::asio::execution::executor<Executor> || boost::asio::is_executor<Executor>::value
+auto async_open_or_create(const Executor& ex, key k, std::span<const int> initial_values,
+                          mode_t mode, const open_options& options,
+                          Token&& token = boost::asio::default_completion_token_t<Executor>{}) {
+    auto timer = std::make_unique<boost::asio::steady_timer>(ex);
+    auto& timer_ref = *timer;
+    return boost::asio::async_compose<Token, void(error_code, semaphore_set)>(
+        detail::open_op{detail::set_opener(k, initial_values, mode, options), std::move(timer),
+                        false, std::nullopt},
+        token, timer_ref);
+}
+
+template <class Executor, boost::asio::completion_token_for<void(error_code, semaphore_set)> Token =
+                              boost::asio::default_completion_token_t<Executor>>
+    requires boost::asio::execution::executor<Executor> || boost::asio::is_executor<Executor>::value
+auto async_open_or_create(const Executor& ex, key k, std::span<const int> initial_values,
+                          Token&& token = boost::asio::default_completion_token_t<Executor>{}) {
+    return async_open_or_create(ex, k, initial_values, 0600, open_options{},
+                                std::forward<Token>(token));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Mutex
 // ---------------------------------------------------------------------------------------------
 

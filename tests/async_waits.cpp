@@ -663,3 +663,89 @@ BOOST_AUTO_TEST_CASE(a_holder_killed_with_sigkill_releases_the_lock) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(async_open)
+
+BOOST_AUTO_TEST_CASE(creates_or_opens_without_blocking) {
+    sysv_test::ipc_guard guard;
+    const sysv::key k(guard.temp_key());
+    asio::io_context io;
+    std::vector<int> ids;
+    bool called_inline = true;
+    for (int i = 0; i < 2; ++i) {
+        sysv::async_open_or_create(io.get_executor(), k, std::vector<int>{2, 5},
+                                   [&](error_code ec, sysv::semaphore_set set) {
+                                       BOOST_TEST(!ec);
+                                       guard.semaphores(set);
+                                       ids.push_back(set.id());
+                                       BOOST_TEST((set.values() == std::vector<int>{2, 5}));
+                                   });
+        called_inline = ids.size() > static_cast<std::size_t>(i);
+    }
+    BOOST_TEST(!called_inline);
+    io.run();
+    BOOST_REQUIRE(ids.size() == 2u);
+    BOOST_TEST(ids[0] == ids[1]);
+}
+
+BOOST_AUTO_TEST_CASE(waits_asynchronously_for_the_creator_to_publish) {
+    sysv_test::ipc_guard guard;
+    const key_t k = guard.temp_key();
+    // A "creator" that made the set but publishes only later (as a slow creator would).
+    const int id = ::semget(k, 1, IPC_CREAT | IPC_EXCL | 0600);
+    BOOST_REQUIRE(id != -1);
+    guard.semaphore_id(id);
+    asio::io_context io;
+    std::optional<error_code> result;
+    int timer_ticks = 0;
+    sysv::async_open_or_create(io.get_executor(), sysv::key(k), std::vector<int>{1}, 0600,
+                               sysv::open_options{2000ms, 1000us},
+                               [&](error_code ec, sysv::semaphore_set set) {
+                                   result = ec;
+                                   BOOST_TEST(set.id() == id);
+                               });
+    // The thread is not blocked: a timer on the same io_context keeps ticking, and publishes.
+    asio::steady_timer t(io);
+    std::function<void()> tick = [&] {
+        t.expires_after(5ms);
+        t.async_wait([&](error_code) {
+            if (++timer_ticks == 5) {
+                sembuf publish[2] = {{0, 1, 0}, {0, -1, 0}};
+                ::semop(id, publish, 2);
+            }
+            if (!result)
+                tick();
+        });
+    };
+    tick();
+    io.run();
+    BOOST_REQUIRE(result.has_value());
+    BOOST_TEST(!*result);
+    BOOST_TEST(timer_ticks >= 5);
+}
+
+BOOST_AUTO_TEST_CASE(an_unpublished_set_times_out_and_cancellation_aborts) {
+    sysv_test::ipc_guard guard;
+    const key_t k = guard.temp_key();
+    const int id = ::semget(k, 1, IPC_CREAT | IPC_EXCL | 0600);
+    BOOST_REQUIRE(id != -1);
+    guard.semaphore_id(id);
+    asio::io_context io;
+    std::vector<error_code> results;
+    sysv::async_open_or_create(io.get_executor(), sysv::key(k), std::vector<int>{1}, 0600,
+                               sysv::open_options{50ms, 1000us},
+                               [&](error_code ec, sysv::semaphore_set) { results.push_back(ec); });
+    asio::cancellation_signal signal;
+    sysv::async_open_or_create(
+        io.get_executor(), sysv::key(k), std::vector<int>{1}, 0600, sysv::open_options{10s, 1ms},
+        asio::bind_cancellation_slot(
+            signal.slot(), [&](error_code ec, sysv::semaphore_set) { results.push_back(ec); }));
+    asio::steady_timer t(io, 10ms);
+    t.async_wait([&](error_code) { signal.emit(asio::cancellation_type::partial); });
+    io.run();
+    BOOST_REQUIRE(results.size() == 2u);
+    BOOST_TEST((results[0] == asio::error::operation_aborted));
+    BOOST_TEST((results[1] == sysv::errc::not_initialised));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
