@@ -717,55 +717,82 @@ semaphore_set semaphore_set::open(key k) {
     return result;
 }
 
+namespace detail {
+
+set_opener::set_opener(key k, std::span<const int> initial_values, mode_t mode,
+                       const open_options& options)
+    : key_(k), values_(initial_values.begin(), initial_values.end()), mode_(mode),
+      options_(options),
+      deadline_(deadline_after(options.initialisation_timeout)) {}
+
+bool set_opener::step(semaphore_set& result, error_code& ec) {
+    ec.clear();
+    for (;;) {
+        if (!existing_.is_open()) {
+            // Bounded: each round creates, opens, or loses a race with a remover.
+            if (++attempts_ > 100) {
+                ec = make_error_code(errc::not_initialised);
+                return true;
+            }
+            const int created = create_set(key_, values_, mode_, ec);
+            if (!ec) {
+                result = semaphore_set(key_, created, values_.size());
+                return true;
+            }
+            if (ec != boost::system::errc::file_exists)
+                return true;
+            existing_ = semaphore_set::open(key_, ec);
+            if (ec == boost::system::errc::no_such_file_or_directory || ec == errc::removed) {
+                ec.clear(); // removed between our create and open: race again
+                continue;
+            }
+            if (ec)
+                return true;
+        }
+        semid_ds ds{};
+        if ((ec = stat_set(existing_.id_, ds))) {
+            if (ec != errc::removed)
+                return true;
+            existing_ = semaphore_set();
+            ec.clear();
+            continue;
+        }
+        const auto status = to_status(ds);
+        bool creator_alive = true;
+        if (!status.last_operation) {
+            // GETPID is set by the creator's SETALL; 0 before it.
+            error_code ignored;
+            creator_alive = process_alive(existing_.last_pid(0, ignored));
+        }
+        switch (classify_existing_set(status, values_.size(), mode_, ::geteuid(), creator_alive)) {
+        case open_step::ready:
+            result = std::move(existing_);
+            return true;
+        case open_step::foreign:
+            ec = make_error_code(errc::foreign_object);
+            return true;
+        case open_step::creator_died:
+            ec = make_error_code(errc::not_initialised);
+            return true;
+        case open_step::wait:
+            if (std::chrono::steady_clock::now() >= deadline_) {
+                ec = make_error_code(errc::not_initialised);
+                return true;
+            }
+            return false;
+        }
+    }
+}
+
+} // namespace detail
+
 semaphore_set semaphore_set::open_or_create(key k, std::span<const int> initial_values, mode_t mode,
                                             const open_options& options, error_code& ec) {
-    const auto deadline = deadline_after(options.initialisation_timeout);
-    for (int attempt = 0; attempt < 100; ++attempt) {
-        const int created = create_set(k, initial_values, mode, ec);
-        if (!ec)
-            return semaphore_set(k, created, initial_values.size());
-        if (ec != boost::system::errc::file_exists)
-            return {};
-        semaphore_set existing = open(k, ec);
-        if (ec == boost::system::errc::no_such_file_or_directory || ec == errc::removed)
-            continue; // removed between our create and open: race again
-        if (ec)
-            return {};
-        for (;;) {
-            semid_ds ds{};
-            if ((ec = stat_set(existing.id_, ds)))
-                break;
-            const auto status = to_status(ds);
-            bool creator_alive = true;
-            if (!status.last_operation) {
-                // GETPID is set by the creator's SETALL; 0 before it.
-                error_code ignored;
-                creator_alive = process_alive(existing.last_pid(0, ignored));
-            }
-            switch (detail::classify_existing_set(status, initial_values.size(), mode, ::geteuid(),
-                                                  creator_alive)) {
-            case detail::open_step::ready:
-                return existing;
-            case detail::open_step::foreign:
-                ec = make_error_code(errc::foreign_object);
-                return {};
-            case detail::open_step::creator_died:
-                ec = make_error_code(errc::not_initialised);
-                return {};
-            case detail::open_step::wait:
-                break;
-            }
-            if (std::chrono::steady_clock::now() >= deadline) {
-                ec = make_error_code(errc::not_initialised);
-                return {};
-            }
-            std::this_thread::sleep_for(options.poll_interval);
-        }
-        if (ec != errc::removed)
-            return {};
-    }
-    ec = make_error_code(errc::not_initialised);
-    return {};
+    detail::set_opener opener(k, initial_values, mode, options);
+    semaphore_set result;
+    while (!opener.step(result, ec))
+        std::this_thread::sleep_for(options.poll_interval);
+    return result;
 }
 
 semaphore_set semaphore_set::open_or_create(key k, std::span<const int> initial_values, mode_t mode,

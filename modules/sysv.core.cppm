@@ -445,6 +445,10 @@ private:
 // Semaphore sets
 // ---------------------------------------------------------------------------------------------
 
+namespace detail {
+class set_opener;
+} // namespace detail
+
 /// How long open_or_create waits for the creator of an existing set to publish its initial
 /// values, and how often it looks.
 struct open_options {
@@ -574,6 +578,7 @@ public:
     error_code validate(operation_list ops) const noexcept;
 
 private:
+    friend class detail::set_opener;
     semaphore_set(key k, int id, std::size_t size) noexcept : key_(k), id_(id), size_(size) {}
     int get(int command, std::size_t index, error_code& ec) const;
 
@@ -632,5 +637,28 @@ enum class open_step { ready, wait, foreign, creator_died };
 open_step classify_existing_set(const semaphore_set_status& status, std::size_t expected_size,
                                 mode_t expected_mode, uid_t expected_owner,
                                 bool creator_alive) noexcept;
+
+/// The race-free open_or_create as a resumable procedure: each step() makes the syscalls of one
+/// look (create exclusively, or open and classify the existing set) and says whether it is
+/// finished. Driven by a sleep loop in semaphore_set::open_or_create and by a timer in
+/// sysv::async_open_or_create.
+class set_opener {
+public:
+    set_opener(key k, std::span<const int> initial_values, mode_t mode,
+               const open_options& options);
+    /// True when finished: the set is in `result`, or the error in `ec`. False: the creator
+    /// has not published yet; call again after options.poll_interval.
+    bool step(semaphore_set& result, error_code& ec);
+    const open_options& options() const noexcept { return options_; }
+
+private:
+    key key_;
+    std::vector<int> values_;
+    mode_t mode_;
+    open_options options_;
+    std::chrono::steady_clock::time_point deadline_;
+    int attempts_ = 0;
+    semaphore_set existing_;
+};
 
 } // namespace sysv::detail

@@ -3,12 +3,817 @@
 //     #include <boost/asio.hpp>   // std, Boost and POSIX headers first...
 //     import sysv;                // ...then the module
 //
-// It re-exports sysv.core (keys, shared memory, semaphore sets, errors); the asynchronous layer
-// lives here because it needs Boost.Asio in this unit's global module fragment.
+// It re-exports sysv.core (keys, shared memory, semaphore sets, errors) and adds the asynchronous
+// layer, which needs Boost.Asio in this unit's global module fragment:
+//  * sysv::backoff and sysv::backoff_schedule: how a wait polls (plain value code);
+//  * sysv::basic_async_semaphore_set: async_acquire, async_wait_zero, async_apply;
+//  * sysv::basic_mutex: a crash-safe (SEM_UNDO) lock with async_lock returning a scoped guard;
+//  * sysv::async_open_or_create: the race-free open of a semaphore set, without blocking.
+//
+// How a wait works: the initiating function tries semop(IPC_NOWAIT) once (the fast path). If the
+// semaphores are not available, the wait joins its execution context's poll service, which
+// retries it first by yielding (posting a pass to the executor) and then on a steady_timer whose
+// period grows from backoff::first_sleep to backoff::max_sleep. Waits on one execution context
+// share the passes and the timer: a pass makes one GETALL per set with several due waiters,
+// tries semop only for waiters the snapshot says can proceed, and waiters at the same period
+// converge on the same ticks. No thread ever blocks in the kernel.
 module;
 
 #include <boost/asio.hpp>
 
+#include <sys/sem.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <span>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
 export module sysv;
 
 export import sysv.core;
+
+export namespace sysv {
+
+// ---------------------------------------------------------------------------------------------
+// Backoff: the polling schedule of a wait (sans-I/O)
+// ---------------------------------------------------------------------------------------------
+
+/// How an asynchronous wait polls while the semaphores are not available. After the first
+/// attempt (made by the initiating function), the wait retries `immediate_yields` times by
+/// yielding to its executor, then sleeps on a timer: first `first_sleep`, each sleep `growth`
+/// times the previous one, never more than `max_sleep`. With `jitter` j > 0 each sleep is
+/// multiplied by a random factor in [1 - j, 1 + j] (spreads the polls of many processes).
+///
+/// The defaults balance three costs measured by benchmarks/ (see README "Benchmarks"):
+///  * yields: one semop (~1 us here) plus one trip through the executor each; 16 of them cover
+///    the ~4-20 us in which a peer process that is running typically answers, so a ping-pong
+///    between two event loops completes without sleeping;
+///  * first_sleep: an Asio timer of 1 us takes ~16 us to complete here, so sleeps shorter than
+///    ~50 us cost a timer round trip without saving latency;
+///  * max_sleep bounds the extra latency of a wake-up after a long idle period (at most about
+///    one max_sleep) and the idle cost: one poll per max_sleep per set, ~1-3 us each.
+struct backoff {
+    unsigned immediate_yields = 16;
+    std::chrono::microseconds first_sleep{50};
+    double growth = 2.0;
+    std::chrono::microseconds max_sleep{1000};
+    double jitter = 0.0;
+
+    /// errc::invalid_argument unless first_sleep > 0, max_sleep >= first_sleep, growth >= 1 and
+    /// 0 <= jitter < 1.
+    error_code validate() const noexcept {
+        if (first_sleep.count() <= 0 || max_sleep < first_sleep || !(growth >= 1.0) ||
+            !(jitter >= 0.0 && jitter < 1.0))
+            return make_error_code(errc::invalid_argument);
+        return {};
+    }
+
+    /// Tuned for latency: more yields, short sleeps (more CPU while waiting).
+    static backoff latency_tuned() noexcept {
+        return backoff{64, std::chrono::microseconds(20), 1.5, std::chrono::microseconds(200), 0.0};
+    }
+    /// Tuned for CPU: few yields, long sleeps (more latency after idle).
+    static backoff cpu_tuned() noexcept {
+        return backoff{2, std::chrono::microseconds(200), 2.0, std::chrono::microseconds(10000),
+                       0.0};
+    }
+
+    friend bool operator==(const backoff&, const backoff&) = default;
+};
+
+/// The sequence of pauses of one wait under a backoff: plain value code, no clock, no I/O.
+class backoff_schedule {
+public:
+    explicit backoff_schedule(const backoff& b = {}) noexcept : backoff_(b) {}
+
+    /// The pause before the next attempt: zero means "yield to the executor, then retry";
+    /// otherwise sleep that long. `random01` in [0, 1) drives the jitter (ignored without it).
+    std::chrono::nanoseconds next(double random01 = 0.5) noexcept {
+        if (yields_done_ < backoff_.immediate_yields) {
+            ++yields_done_;
+            return std::chrono::nanoseconds(0);
+        }
+        const std::chrono::nanoseconds cap = backoff_.max_sleep;
+        if (current_.count() == 0)
+            current_ = backoff_.first_sleep;
+        const auto sleep = current_;
+        const double grown = static_cast<double>(current_.count()) * backoff_.growth;
+        current_ = grown >= static_cast<double>(cap.count())
+                       ? cap
+                       : std::chrono::nanoseconds(static_cast<std::int64_t>(grown));
+        if (backoff_.jitter <= 0.0)
+            return sleep;
+        const double factor = 1.0 - backoff_.jitter + 2.0 * backoff_.jitter * random01;
+        return std::max(std::chrono::nanoseconds(1000),
+                        std::chrono::nanoseconds(static_cast<std::int64_t>(
+                            static_cast<double>(sleep.count()) * factor)));
+    }
+
+    /// True while the schedule is still in its yield phase.
+    bool yielding() const noexcept { return yields_done_ < backoff_.immediate_yields; }
+    const backoff& settings() const noexcept { return backoff_; }
+
+private:
+    backoff backoff_;
+    unsigned yields_done_ = 0;
+    std::chrono::nanoseconds current_{0};
+};
+
+} // namespace sysv
+
+// ---------------------------------------------------------------------------------------------
+// Internals: the per-execution-context poll service and the pending-wait operation.
+// ---------------------------------------------------------------------------------------------
+export namespace sysv::detail {
+
+namespace asio = boost::asio;
+
+/// An owned copy of an operation group (the caller's list may be a temporary; deferred
+/// operations start later). Small groups are stored inline.
+class operation_group {
+public:
+    operation_group() = default;
+    explicit operation_group(operation_list ops) {
+        if (ops.size() <= inline_.size()) {
+            std::copy(ops.begin(), ops.end(), inline_.begin());
+            size_ = ops.size();
+        } else {
+            heap_.assign(ops.begin(), ops.end());
+            size_ = heap_.size();
+        }
+    }
+    operation_list list() const noexcept {
+        return std::span<const operation>(heap_.empty() ? inline_.data() : heap_.data(), size_);
+    }
+    bool releases() const noexcept;
+
+private:
+    std::array<operation, 4> inline_{
+        operation(operation::kind::wait_zero, 0, 0), operation(operation::kind::wait_zero, 0, 0),
+        operation(operation::kind::wait_zero, 0, 0), operation(operation::kind::wait_zero, 0, 0)};
+    std::vector<operation> heap_;
+    std::size_t size_ = 0;
+};
+
+/// The sembuf array for one semop call, inline for small groups.
+class semop_buffer {
+public:
+    semop_buffer() = default;
+    explicit semop_buffer(operation_list ops) {
+        sembufs_.resize(ops.size());
+        std::size_t i = 0;
+        for (const operation& o : ops) {
+            sembufs_[i].sem_num = static_cast<unsigned short>(o.index());
+            sembufs_[i].sem_op = static_cast<short>(o.delta());
+            sembufs_[i].sem_flg = static_cast<short>(IPC_NOWAIT | (o.uses_undo() ? SEM_UNDO : 0));
+            ++i;
+        }
+    }
+    std::span<const sembuf> span() const noexcept { return sembufs_; }
+    sembuf* data() noexcept { return sembufs_.data(); }
+    std::size_t size() const noexcept { return sembufs_.size(); }
+
+private:
+    std::vector<sembuf> sembufs_;
+};
+
+/// Whether any operation gives units (a success may let this process's other waiters proceed).
+inline bool releases(operation_list ops) noexcept {
+    for (const operation& o : ops)
+        if (o.type() == operation::kind::release)
+            return true;
+    return false;
+}
+inline bool operation_group::releases() const noexcept {
+    return detail::releases(list());
+}
+
+enum class attempt_result { applied, would_block, failed };
+
+/// One semop(IPC_NOWAIT) attempt (EINTR retried); `ec` is set when it failed.
+attempt_result try_semop(int set_id, semop_buffer& ops, error_code& ec) noexcept;
+
+/// Whether `ops` could be applied to a GETALL snapshot of the values right now (sans-I/O: the
+/// decision a pass makes before spending a semop). Applies them to `values` if so.
+bool apply_to_snapshot(std::span<int> values, std::span<const sembuf> ops) noexcept;
+
+class poll_service;
+
+/// A pending wait, as the poll service sees it. The typed part (handler, work) is wait_op.
+/// Fields after `service-managed` are guarded by the service's mutex.
+struct pending_wait {
+    using finish_fn = void (*)(pending_wait*, error_code, bool post);
+    using destroy_fn = void (*)(pending_wait*);
+
+    pending_wait(int set, std::size_t set_size, std::uint64_t owner, operation_group group,
+                 const backoff& b, finish_fn finish, destroy_fn destroy)
+        : set_id(set), set_size(set_size), owner(owner), ops(group.list()), schedule(b),
+          finish(finish), destroy(destroy) {}
+
+    int set_id;
+    std::size_t set_size;
+    std::uint64_t owner;
+    semop_buffer ops;
+    backoff_schedule schedule;
+    finish_fn finish;
+    destroy_fn destroy;
+
+    // service-managed
+    pending_wait* prev = nullptr;
+    pending_wait* next = nullptr;
+    bool linked = false;
+    bool done = false;
+    bool cancel_requested = false;
+    bool sleeping = false;
+    std::chrono::steady_clock::time_point due{};
+    std::chrono::nanoseconds interval{0};
+};
+
+/// One per execution context: owns every pending wait of that context, the yield passes and the
+/// one timer they share.
+class poll_service final : public asio::execution_context::service {
+public:
+    inline static asio::execution_context::id id;
+
+    explicit poll_service(asio::execution_context& context)
+        : asio::execution_context::service(context) {}
+    ~poll_service() override = default;
+
+    /// Takes a wait whose first attempt would have blocked; `ex` runs the passes (the first
+    /// executor seen is kept for the context's passes and timer).
+    void start(pending_wait* wait, const asio::any_io_executor& ex);
+    /// Per-operation cancellation: completes the wait with operation_aborted if it is still
+    /// pending (a wait already applied reports success: no unit is ever lost).
+    void cancel(pending_wait* wait);
+    /// Cancels every pending wait started by the object `owner`.
+    void cancel_owner(std::uint64_t owner);
+    /// This process changed set `set_id` (a release, a removal): poll its waiters now.
+    void kick(int set_id);
+
+    /// Number of waits currently pending (for tests and benchmarks).
+    std::size_t pending() const;
+
+    static std::uint64_t new_owner_id() noexcept {
+        static std::atomic<std::uint64_t> next{1};
+        return next.fetch_add(1, std::memory_order_relaxed);
+    }
+
+private:
+    void shutdown() override;
+
+    void link(pending_wait* w);
+    void unlink(pending_wait* w);
+    void post_pass_locked();
+    void arm_timer_locked();
+    void run_pass();
+
+    mutable std::mutex mutex_;
+    pending_wait* head_ = nullptr;
+    pending_wait* tail_ = nullptr;
+    std::size_t count_ = 0;
+    std::size_t yielding_ = 0;
+    bool pass_posted_ = false;
+    bool shut_down_ = false;
+    std::optional<asio::any_io_executor> executor_;
+    std::optional<asio::steady_timer> timer_;
+    std::optional<std::chrono::steady_clock::time_point> timer_at_;
+    std::minstd_rand random_{0x5eed};
+};
+
+/// The typed pending wait: the completion handler and the work that keeps its executor alive.
+template <class Handler, class IoExecutor>
+class wait_op final : public pending_wait {
+    using handler_executor = std::decay_t<decltype(asio::prefer(
+        asio::get_associated_executor(std::declval<Handler&>(), std::declval<IoExecutor>()),
+        asio::execution::outstanding_work.tracked))>;
+    using allocator_type = typename std::allocator_traits<
+        asio::associated_allocator_t<Handler>>::template rebind_alloc<wait_op>;
+
+public:
+    /// Allocates with the handler's associated allocator.
+    static wait_op* create(Handler&& handler, const IoExecutor& io_ex, int set,
+                           std::size_t set_size, std::uint64_t owner, operation_group group,
+                           const backoff& b) {
+        allocator_type alloc(asio::get_associated_allocator(handler));
+        wait_op* op = std::allocator_traits<allocator_type>::allocate(alloc, 1);
+        try {
+            std::allocator_traits<allocator_type>::construct(
+                alloc, op, std::move(handler), io_ex, set, set_size, owner, std::move(group), b);
+        } catch (...) {
+            std::allocator_traits<allocator_type>::deallocate(alloc, op, 1);
+            throw;
+        }
+        return op;
+    }
+
+    wait_op(Handler&& handler, const IoExecutor& io_ex, int set, std::size_t set_size,
+            std::uint64_t owner, operation_group group, const backoff& b)
+        : pending_wait(set, set_size, owner, std::move(group), b, &do_finish, &do_destroy),
+          handler_(std::move(handler)),
+          work_(asio::prefer(asio::get_associated_executor(handler_, io_ex),
+                             asio::execution::outstanding_work.tracked)) {}
+
+private:
+    // Runs on the handler's executor: frees the operation, then calls the handler. Destroyed
+    // without being called (context shut down), it frees the operation without calling.
+    class completion {
+    public:
+        completion(wait_op* op, error_code ec) noexcept : op_(op), ec_(ec) {}
+        completion(completion&& other) noexcept
+            : op_(std::exchange(other.op_, nullptr)), ec_(other.ec_) {}
+        completion& operator=(completion&&) = delete;
+        ~completion() {
+            if (op_)
+                release(op_);
+        }
+
+        using allocator_type = asio::associated_allocator_t<Handler>;
+        allocator_type get_allocator() const noexcept {
+            return asio::get_associated_allocator(op_->handler_);
+        }
+
+        void operator()() {
+            wait_op* op = std::exchange(op_, nullptr);
+            auto slot = asio::get_associated_cancellation_slot(op->handler_);
+            if (slot.is_connected())
+                slot.clear();
+            Handler handler(std::move(op->handler_));
+            handler_executor work(std::move(op->work_));
+            release(op);
+            std::move(handler)(ec_);
+        }
+
+    private:
+        wait_op* op_;
+        error_code ec_;
+    };
+
+    static void release(wait_op* op) {
+        allocator_type alloc(asio::get_associated_allocator(op->handler_));
+        std::allocator_traits<allocator_type>::destroy(alloc, op);
+        std::allocator_traits<allocator_type>::deallocate(alloc, op, 1);
+    }
+
+    static void do_finish(pending_wait* base, error_code ec, bool post) {
+        auto* op = static_cast<wait_op*>(base);
+        handler_executor ex = op->work_;
+        if (post)
+            asio::post(ex, completion(op, ec));
+        else
+            asio::dispatch(ex, completion(op, ec));
+    }
+
+    static void do_destroy(pending_wait* base) { release(static_cast<wait_op*>(base)); }
+
+    Handler handler_;
+    handler_executor work_;
+};
+
+/// Installed in the handler's cancellation slot while a wait is pending.
+class cancel_handler {
+public:
+    cancel_handler(poll_service& service, pending_wait* wait) noexcept
+        : service_(&service), wait_(wait) {}
+    void operator()(asio::cancellation_type_t type) {
+        if ((type & (asio::cancellation_type::terminal | asio::cancellation_type::partial |
+                     asio::cancellation_type::total)) != asio::cancellation_type::none)
+            service_->cancel(wait_);
+    }
+
+private:
+    poll_service* service_;
+    pending_wait* wait_;
+};
+
+} // namespace sysv::detail
+
+export namespace sysv {
+
+// ---------------------------------------------------------------------------------------------
+// Asynchronous semaphore set
+// ---------------------------------------------------------------------------------------------
+
+/// A semaphore set with an executor: everything semaphore_set does, plus waits that are Asio
+/// asynchronous operations and never block a thread.
+///
+/// Every async_* function:
+///  * has the completion signature `void(boost::system::error_code)` and accepts any completion
+///    token (use_awaitable, deferred, callbacks, use_future, as_tuple, awaitable operators);
+///  * makes its first semop(IPC_NOWAIT) attempt in the initiating function, but never calls the
+///    handler from there: the handler runs on its associated executor (by default this object's
+///    executor), its memory comes from its associated allocator, and the work is tracked while
+///    the wait is pending (io_context::run() does not return);
+///  * supports per-operation cancellation of type terminal, partial and total through the
+///    handler's associated cancellation slot: a cancelled wait has applied nothing and completes
+///    with asio::error::operation_aborted; a wait whose semop already succeeded when the
+///    cancellation arrives completes with success (units are never lost);
+///  * completes with sysv::errc::removed, within one poll of the backoff (at most max_sleep),
+///    when the set is removed by anyone while it waits.
+/// Cancel every wait of this object with cancel() or close(). Waits time out by racing a timer
+/// (awaitable operators `||`, or experimental::make_parallel_group).
+///
+/// Thread safety: as for Asio's I/O objects, one object must not be used from two threads at
+/// once; waits of one execution context may complete on any of its threads (use a strand).
+template <class Executor = boost::asio::any_io_executor>
+class basic_async_semaphore_set : public semaphore_set {
+public:
+    using executor_type = Executor;
+    template <class OtherExecutor>
+    struct rebind_executor {
+        using other = basic_async_semaphore_set<OtherExecutor>;
+    };
+
+    /// An object using `ex` for its waits, taking over `set`.
+    explicit basic_async_semaphore_set(const executor_type& ex, semaphore_set set = {},
+                                       const backoff& default_backoff = {})
+        : semaphore_set(std::move(set)), executor_(ex), backoff_(default_backoff),
+          owner_(detail::poll_service::new_owner_id()) {}
+
+    template <class ExecutionContext>
+        requires std::is_convertible_v<ExecutionContext&, boost::asio::execution_context&>
+    explicit basic_async_semaphore_set(ExecutionContext& context, semaphore_set set = {},
+                                       const backoff& default_backoff = {})
+        : basic_async_semaphore_set(context.get_executor(), std::move(set), default_backoff) {}
+
+    /// Pending waits of the moved-from object now belong to this one (cancel() reaches them).
+    basic_async_semaphore_set(basic_async_semaphore_set&& other) noexcept
+        : semaphore_set(std::move(other)), executor_(other.executor_), backoff_(other.backoff_),
+          owner_(std::exchange(other.owner_, detail::poll_service::new_owner_id())),
+          service_(other.service_) {}
+    /// Conversion from an object with another executor type (e.g. as_default_on).
+    template <class OtherExecutor>
+        requires std::is_constructible_v<Executor, const OtherExecutor&> &&
+                     (!std::is_same_v<OtherExecutor, Executor>)
+    basic_async_semaphore_set(basic_async_semaphore_set<OtherExecutor>&& other) noexcept
+        : semaphore_set(std::move(other)), executor_(other.executor_), backoff_(other.backoff_),
+          owner_(std::exchange(other.owner_, detail::poll_service::new_owner_id())),
+          service_(other.service_) {}
+    basic_async_semaphore_set& operator=(basic_async_semaphore_set&& other) noexcept {
+        if (this != &other) {
+            cancel();
+            semaphore_set::operator=(std::move(other));
+            executor_ = other.executor_;
+            backoff_ = other.backoff_;
+            owner_ = std::exchange(other.owner_, detail::poll_service::new_owner_id());
+            service_ = other.service_;
+        }
+        return *this;
+    }
+    /// Cancels pending waits (they complete with operation_aborted); the set stays.
+    ~basic_async_semaphore_set() { cancel(); }
+
+    executor_type get_executor() const noexcept { return executor_; }
+
+    /// The backoff of waits started without one.
+    const backoff& default_backoff() const noexcept { return backoff_; }
+    void set_default_backoff(const backoff& b) noexcept { backoff_ = b; }
+
+    /// Waits until all `ops` can be applied together, then applies them atomically.
+    template <boost::asio::completion_token_for<void(error_code)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_apply(operation_list ops,
+                     Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return async_apply(ops, backoff_, std::forward<Token>(token));
+    }
+    /// async_apply with a backoff for this wait only.
+    template <boost::asio::completion_token_for<void(error_code)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_apply(operation_list ops, const backoff& b,
+                     Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_initiate<Token, void(error_code)>(
+            initiate_wait{this}, token, detail::operation_group(ops), b);
+    }
+
+    /// P: waits until `n` units (1..32767) of semaphore `index` are available and takes them.
+    template <boost::asio::completion_token_for<void(error_code)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_acquire(std::size_t index,
+                       Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return async_apply(op::acquire(index), std::forward<Token>(token));
+    }
+    template <boost::asio::completion_token_for<void(error_code)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_acquire(std::size_t index, int n,
+                       Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return async_apply(op::acquire(index, n), std::forward<Token>(token));
+    }
+
+    /// Waits until semaphore `index` is zero.
+    template <boost::asio::completion_token_for<void(error_code)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_wait_zero(std::size_t index,
+                         Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return async_apply(op::wait_zero(index), std::forward<Token>(token));
+    }
+
+    /// Applies `ops` now if possible (see semaphore_set::try_apply); a release wakes this
+    /// process's waiters on the set at once instead of at their next poll.
+    bool try_apply(operation_list ops, error_code& ec) {
+        const bool applied = semaphore_set::try_apply(ops, ec);
+        if (applied && detail::releases(ops))
+            service().kick(id());
+        return applied;
+    }
+    bool try_apply(operation_list ops) {
+        const bool applied = semaphore_set::try_apply(ops);
+        if (applied && detail::releases(ops))
+            service().kick(id());
+        return applied;
+    }
+
+    /// Removes the set (IPC_RMID); this process's waiters on it complete with errc::removed at
+    /// once, other processes' at their next poll.
+    void remove(error_code& ec) {
+        const int old_id = id();
+        semaphore_set::remove(ec);
+        if (!ec)
+            service().kick(old_id);
+    }
+    void remove() {
+        const int old_id = id();
+        semaphore_set::remove();
+        service().kick(old_id);
+    }
+
+    /// Completes every pending wait of this object with operation_aborted.
+    void cancel() {
+        if (service_ != nullptr) // no wait was ever started otherwise
+            service_->cancel_owner(owner_);
+    }
+    /// Cancels pending waits and gives up the handle (the kernel object stays).
+    void close() {
+        cancel();
+        semaphore_set::operator=(semaphore_set());
+    }
+
+    /// Number of waits pending on this object's execution context (all objects).
+    std::size_t pending_waits() const { return service().pending(); }
+
+private:
+    struct initiate_wait {
+        basic_async_semaphore_set* self;
+        using executor_type = Executor;
+        executor_type get_executor() const noexcept { return self->executor_; }
+
+        template <class Handler>
+        void operator()(Handler&& handler, detail::operation_group group, const backoff& b) const {
+            self->start_wait(std::forward<Handler>(handler), std::move(group), b);
+        }
+    };
+
+    detail::poll_service& service() const {
+        if (service_ == nullptr)
+            service_ = &boost::asio::use_service<detail::poll_service>(
+                boost::asio::query(executor_, boost::asio::execution::context));
+        return *service_;
+    }
+
+    template <class Handler>
+    void start_wait(Handler&& handler, detail::operation_group group, const backoff& b) {
+        namespace asio = boost::asio;
+        error_code ec = validate(group.list());
+        if (!ec)
+            ec = b.validate();
+        if (!ec) {
+            // The fast path: one semop before any allocation.
+            detail::semop_buffer raw(group.list());
+            switch (detail::try_semop(id(), raw, ec)) {
+            case detail::attempt_result::applied:
+                if (group.releases())
+                    service().kick(id());
+                break;
+            case detail::attempt_result::failed:
+                break;
+            case detail::attempt_result::would_block: {
+                using op_type = detail::wait_op<std::decay_t<Handler>, executor_type>;
+                auto slot = asio::get_associated_cancellation_slot(handler);
+                auto* wait = op_type::create(std::move(handler), executor_, id(), size(), owner_,
+                                             std::move(group), b);
+                auto& svc = service();
+                if (slot.is_connected())
+                    slot.template emplace<detail::cancel_handler>(svc, wait);
+                svc.start(wait, asio::any_io_executor(executor_));
+                return;
+            }
+            }
+        }
+        asio::post(executor_, asio::append(std::forward<Handler>(handler), ec));
+    }
+
+    template <class>
+    friend class basic_async_semaphore_set;
+
+    executor_type executor_;
+    backoff backoff_;
+    std::uint64_t owner_;
+    mutable detail::poll_service* service_ = nullptr; // set by the first use
+};
+
+using async_semaphore_set = basic_async_semaphore_set<>;
+
+// ---------------------------------------------------------------------------------------------
+// Race-free open without blocking
+// ---------------------------------------------------------------------------------------------
+
+namespace detail {
+/// The composed operation of async_open_or_create.
+struct open_op {
+    detail::set_opener opener;
+    std::unique_ptr<boost::asio::steady_timer> timer;
+    bool started = false;
+    std::optional<std::pair<error_code, semaphore_set>> finished;
+
+    template <class Self>
+    void operator()(Self& self, error_code wait_error = {}) {
+        if (finished) { // the posted completion of a first step that finished at once
+            auto [ec, set] = std::move(*finished);
+            self.complete(ec, std::move(set));
+            return;
+        }
+        if (wait_error) { // the timer wait was cancelled
+            self.complete(wait_error, semaphore_set());
+            return;
+        }
+        semaphore_set result;
+        error_code ec;
+        if (opener.step(result, ec)) {
+            if (started) {
+                self.complete(ec, std::move(result));
+            } else { // never complete from the initiating function
+                finished.emplace(ec, std::move(result));
+                boost::asio::post(timer->get_executor(), std::move(self));
+            }
+            return;
+        }
+        if (!started) {
+            started = true;
+            self.reset_cancellation_state(boost::asio::enable_total_cancellation());
+        }
+        timer->expires_after(opener.options().poll_interval);
+        timer->async_wait(std::move(self));
+    }
+};
+} // namespace detail
+
+/// semaphore_set::open_or_create without blocking the thread: creates the set, or opens it and
+/// waits (on a timer of `ex`, every options.poll_interval) until its creator has published the
+/// initial values, then verifies it is ours. Completion signature
+/// `void(error_code, semaphore_set)`; errors as for the blocking version (foreign_object,
+/// not_initialised after options.initialisation_timeout or when the creator died). The first
+/// look happens in the initiating function; the handler runs on its associated executor (by
+/// default `ex`). Supports terminal, partial and total cancellation while waiting for another
+/// process's creator (operation_aborted; nothing was created by this call then).
+template <class Executor, boost::asio::completion_token_for<void(error_code, semaphore_set)> Token =
+                              boost::asio::default_completion_token_t<Executor>>
+    requires boost::asio::execution::executor<Executor> || boost::asio::is_executor<Executor>::value
+auto async_open_or_create(const Executor& ex, key k, std::span<const int> initial_values,
+                          mode_t mode, const open_options& options,
+                          Token&& token = boost::asio::default_completion_token_t<Executor>{}) {
+    auto timer = std::make_unique<boost::asio::steady_timer>(ex);
+    auto& timer_ref = *timer;
+    return boost::asio::async_compose<Token, void(error_code, semaphore_set)>(
+        detail::open_op{detail::set_opener(k, initial_values, mode, options), std::move(timer),
+                        false, std::nullopt},
+        token, timer_ref);
+}
+
+template <class Executor, boost::asio::completion_token_for<void(error_code, semaphore_set)> Token =
+                              boost::asio::default_completion_token_t<Executor>>
+    requires boost::asio::execution::executor<Executor> || boost::asio::is_executor<Executor>::value
+auto async_open_or_create(const Executor& ex, key k, std::span<const int> initial_values,
+                          Token&& token = boost::asio::default_completion_token_t<Executor>{}) {
+    return async_open_or_create(ex, k, initial_values, 0600, open_options{},
+                                std::forward<Token>(token));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mutex
+// ---------------------------------------------------------------------------------------------
+
+/// A lock shared between processes: one semaphore of a set, 1 when free, taken and given back
+/// with SEM_UNDO, so the kernel releases it when a holder dies (kill -9 included). Data it
+/// protects may then be half-written: record what you need in the shared data to repair it.
+///
+///     auto guard = co_await m.async_lock(boost::asio::use_awaitable);
+///     // ... critical section; released when guard goes out of scope, also on exceptions and
+///     // when the coroutine is destroyed.
+template <class Executor = boost::asio::any_io_executor>
+class basic_mutex {
+public:
+    using executor_type = Executor;
+    template <class OtherExecutor>
+    struct rebind_executor {
+        using other = basic_mutex<OtherExecutor>;
+    };
+
+    /// Ownership of a lock: releases it on destruction. Move-only; the mutex must outlive it.
+    class guard {
+    public:
+        guard() noexcept = default;
+        explicit guard(basic_mutex* m) noexcept : mutex_(m) {}
+        guard(guard&& other) noexcept : mutex_(std::exchange(other.mutex_, nullptr)) {}
+        guard& operator=(guard&& other) noexcept {
+            if (this != &other) {
+                unlock();
+                mutex_ = std::exchange(other.mutex_, nullptr);
+            }
+            return *this;
+        }
+        ~guard() { unlock(); }
+
+        bool owns_lock() const noexcept { return mutex_ != nullptr; }
+        explicit operator bool() const noexcept { return owns_lock(); }
+        /// Releases now (idempotent). Errors (the set was removed) are ignored.
+        void unlock() noexcept {
+            if (basic_mutex* m = std::exchange(mutex_, nullptr)) {
+                error_code ignored;
+                m->unlock(ignored);
+            }
+        }
+        /// Gives up ownership without unlocking (the caller unlocks with mutex::unlock()).
+        basic_mutex* release() noexcept { return std::exchange(mutex_, nullptr); }
+
+    private:
+        basic_mutex* mutex_ = nullptr;
+    };
+
+    /// A mutex on semaphore `index` of `set` (its value must be 1 when free, 0 when held).
+    basic_mutex(const executor_type& ex, semaphore_set set, std::size_t index = 0,
+                const backoff& b = {})
+        : semaphores_(ex, std::move(set), b), index_(index) {}
+    template <class ExecutionContext>
+        requires std::is_convertible_v<ExecutionContext&, boost::asio::execution_context&>
+    basic_mutex(ExecutionContext& context, semaphore_set set, std::size_t index = 0,
+                const backoff& b = {})
+        : basic_mutex(context.get_executor(), std::move(set), index, b) {}
+
+    /// A mutex in its own one-semaphore set at `k` (created free, or opened race-free and
+    /// verified like semaphore_set::open_or_create; blocks at most options' timeout while
+    /// another process is creating it).
+    static basic_mutex open_or_create(const executor_type& ex, key k, mode_t mode = 0600,
+                                      const open_options& options = {}) {
+        return basic_mutex(ex, semaphore_set::open_or_create(k, {1}, mode, options), 0);
+    }
+
+    executor_type get_executor() const noexcept { return semaphores_.get_executor(); }
+    basic_async_semaphore_set<Executor>& semaphores() noexcept { return semaphores_; }
+    std::size_t index() const noexcept { return index_; }
+
+    /// Waits for the lock. Completion signature `void(error_code, guard)`; the guard owns the
+    /// lock when the error_code is clear. Same executor, allocator and cancellation rules as
+    /// basic_async_semaphore_set::async_apply (cancellation: terminal, partial, total; a lock
+    /// taken when cancellation arrives is delivered, and released if the guard is dropped).
+    template <boost::asio::completion_token_for<void(error_code, guard)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_lock(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_compose<Token, void(error_code, guard)>(
+            lock_op{this}, token, semaphores_.get_executor());
+    }
+
+    /// Takes the lock if it is free now.
+    bool try_lock(error_code& ec) { return semaphores_.try_apply(lock_operation(), ec); }
+    bool try_lock() { return semaphores_.try_apply(lock_operation()); }
+
+    /// Releases a lock taken with try_lock() or released from a guard. Must be called by the
+    /// process holding the lock, exactly once per lock.
+    void unlock(error_code& ec) { semaphores_.try_apply(op::release(index_).undo(), ec); }
+    void unlock() { semaphores_.try_apply(op::release(index_).undo()); }
+
+    /// Whether the lock is held by anyone right now (a snapshot).
+    bool is_locked() const { return semaphores_.value(index_) == 0; }
+
+private:
+    operation lock_operation() const noexcept { return op::acquire(index_).undo(); }
+
+    struct lock_op {
+        basic_mutex* self;
+        bool started = false;
+        template <class Self>
+        void operator()(Self& handler, error_code ec = {}) {
+            if (!started) {
+                started = true;
+                self->semaphores_.async_apply(self->lock_operation(), std::move(handler));
+                return;
+            }
+            handler.complete(ec, ec ? guard() : guard(self));
+        }
+    };
+
+    basic_async_semaphore_set<Executor> semaphores_;
+    std::size_t index_;
+};
+
+using mutex = basic_mutex<>;
+
+} // namespace sysv

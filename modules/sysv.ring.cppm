@@ -1,0 +1,497 @@
+// sysv.ring: the byte layout and logic of a broadcast message ring in a shared segment, as plain
+// code over a std::span<std::byte> (no syscalls), so it is unit-tested and fuzzed without IPC.
+// sysv::channel (module sysv) drives it under its lock.
+//
+// Segment layout (native endianness, every field at a fixed offset):
+//   header | reader_entry[max_readers] | ring bytes[capacity]
+// Ring positions are absolute byte counts that only grow; the offset in the ring is
+// position % capacity. Records are 8-byte aligned: u32 length, u32 sender pid, u64 sequence,
+// payload, padding. A record never wraps: when it does not fit before the end of the ring, a
+// wrap marker (length 0xFFFFFFFF) fills the rest of the lap.
+//   tail .. head   : records still readable (sequences tail_seq .. head_seq - 1)
+//   reader cursor  : the next record a reader will read; a cursor behind tail has missed
+//                    tail_seq - cursor_seq messages (dropped for a reader that did not keep up)
+//
+// The segment is untrusted input: another process may have written anything. Every field is
+// read once into a local, every position and length is checked against the layout that was
+// validated against the real segment size, and every loop is bounded by the ring's capacity.
+module;
+
+#include <boost/system/error_code.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string_view>
+#include <vector>
+
+export module sysv.ring;
+
+import sysv.core;
+
+export namespace sysv::ring {
+
+inline constexpr std::uint64_t magic = 0x314e484356535953ULL; // "SYSVCHN1"
+inline constexpr std::uint32_t version = 1;
+inline constexpr std::uint32_t wrap_marker = 0xFFFFFFFFu;
+inline constexpr std::size_t label_capacity = 48;
+inline constexpr std::size_t record_header_size = 16;
+
+/// The shape of a channel: fixed at creation, stored in the header, checked on every open.
+struct layout {
+    std::uint32_t max_readers = 32;
+    std::uint32_t max_message_size = 4096;
+    std::uint64_t capacity = 256 * 1024; ///< ring bytes (a multiple of 8)
+    friend bool operator==(const layout&, const layout&) = default;
+};
+
+/// Size of a record holding `payload` bytes.
+constexpr std::uint64_t record_size(std::uint64_t payload) noexcept {
+    return (record_header_size + payload + 7) & ~std::uint64_t(7);
+}
+
+// Field offsets (the header is 128 bytes, a reader entry 96).
+namespace offsets {
+inline constexpr std::size_t magic = 0, version = 8, max_readers = 12, max_message_size = 16,
+                             capacity = 24, head = 32, head_seq = 40, tail = 48, tail_seq = 56,
+                             dirty = 64, dirty_pid = 68, waiting_writers = 72, repairs = 80,
+                             header_size = 128;
+inline constexpr std::size_t cursor = 0, cursor_seq = 8, pid = 16, in_use = 20, sleeping = 24,
+                             label = 32, entry_size = 96;
+} // namespace offsets
+
+/// errc::invalid_argument / limit_exceeded unless the layout is usable: 1..1024 readers,
+/// messages of 1..16 MiB, capacity a multiple of 8 holding at least two largest records.
+error_code validate(const layout& l) noexcept;
+
+/// Bytes of a segment with this layout (validate() it first).
+std::uint64_t segment_size(const layout& l) noexcept;
+
+/// Writes a fresh header (magic last) and clears the reader table.
+void initialise(std::span<std::byte> segment, const layout& l) noexcept;
+
+/// True if the segment has no header yet (all-zero magic: a freshly created segment, or a
+/// creator that died before finishing initialise()).
+bool is_blank(std::span<const std::byte> segment) noexcept;
+
+/// One message taken from the ring.
+struct message {
+    std::vector<std::byte> bytes;
+    std::uint32_t sender_pid = 0;
+    std::uint64_t sequence = 0;
+};
+
+/// A reader-table entry as seen by members().
+struct member {
+    std::size_t slot;
+    std::uint32_t pid;
+    std::string label;
+};
+
+/// The ring in a segment whose header was checked against the segment's real size. All
+/// methods assume the caller holds the channel's lock.
+class view {
+public:
+    /// Checks magic, version and that the stored layout matches the segment size: errc::
+    /// corrupt_segment (or foreign_object when the magic is not ours) otherwise.
+    static view open(std::span<std::byte> segment, error_code& ec) noexcept;
+
+    const layout& shape() const noexcept { return layout_; }
+
+    // ---- writer side ----
+    /// Whether a record of `payload` bytes fits without dropping anything.
+    bool fits(std::size_t payload) const noexcept;
+    /// Frees what every reader in `live` (slot -> alive) has read: tail moves up to the
+    /// slowest live cursor (or to head when no reader is live).
+    void collect(std::span<const bool> live) noexcept;
+    /// Drops the oldest records until `payload` fits; returns how many were dropped. Readers
+    /// behind the new tail will see them as missed. errc::corrupt_segment if a record is bad
+    /// (the ring is then emptied: tail = head).
+    std::uint64_t drop_oldest(std::size_t payload, error_code& ec) noexcept;
+    /// Appends a record (call fits() or drop_oldest() first). Returns its sequence.
+    std::uint64_t append(std::span<const std::byte> payload, std::uint32_t sender_pid,
+                         error_code& ec) noexcept;
+    /// Marks a write in progress (a crash leaves it set) / done.
+    void begin_write(std::uint32_t pid) noexcept;
+    void end_write() noexcept;
+    /// If a writer died mid-write: clears the marker and counts a repair. Nothing of its
+    /// record is visible (head moves only after the record is complete). Returns true if
+    /// there was something to repair.
+    bool repair() noexcept;
+    std::uint64_t repairs() const noexcept;
+    std::uint32_t waiting_writers() const noexcept;
+    void set_waiting_writers(std::uint32_t n) noexcept;
+
+    // ---- reader side ----
+    /// Takes reader slot `slot`: cursor at head (only messages from now on).
+    void join(std::size_t slot, std::uint32_t pid, std::string_view label) noexcept;
+    void leave(std::size_t slot) noexcept;
+    bool in_use(std::size_t slot) const noexcept;
+    std::uint32_t pid(std::size_t slot) const noexcept;
+    std::string label(std::size_t slot) const;
+    /// Reads up to `max_messages` records for reader `slot` into `out`; `missed` gets the
+    /// number of messages dropped before this reader read them. A cursor outside tail..head or
+    /// a malformed record gives errc::corrupt_segment; the cursor is then moved to head so the
+    /// reader recovers with the next message.
+    void read(std::size_t slot, std::vector<message>& out, std::uint64_t& missed,
+              std::size_t max_messages, error_code& ec);
+    /// Sets the "waiting for a doorbell" flag of a reader / takes it (returns the old value).
+    void set_sleeping(std::size_t slot, bool sleeping) noexcept;
+    bool take_sleeping(std::size_t slot) noexcept;
+
+    std::uint64_t head() const noexcept { return load64(offsets::head); }
+    std::uint64_t head_sequence() const noexcept { return load64(offsets::head_seq); }
+    std::uint64_t tail() const noexcept { return load64(offsets::tail); }
+    std::uint64_t tail_sequence() const noexcept { return load64(offsets::tail_seq); }
+
+private:
+    view(std::span<std::byte> segment, const layout& l) noexcept : segment_(segment), layout_(l) {}
+
+    std::uint64_t load64(std::size_t offset) const noexcept;
+    std::uint32_t load32(std::size_t offset) const noexcept;
+    void store64(std::size_t offset, std::uint64_t v) noexcept;
+    void store32(std::size_t offset, std::uint32_t v) noexcept;
+    std::size_t entry(std::size_t slot) const noexcept {
+        return offsets::header_size + slot * offsets::entry_size;
+    }
+    std::size_t ring_offset() const noexcept {
+        return offsets::header_size + layout_.max_readers * offsets::entry_size;
+    }
+    /// Parses the record at absolute position `pos` (must be < limit): its size in the ring
+    /// (a wrap marker counts as the rest of the lap) and whether it is a message.
+    bool parse(std::uint64_t pos, std::uint64_t limit, std::uint64_t expected_seq,
+               std::uint64_t& size, bool& is_message) const noexcept;
+
+    std::span<std::byte> segment_;
+    layout layout_;
+};
+
+} // namespace sysv::ring
+
+// ---------------------------------------------------------------------------------------------
+
+namespace sysv::ring {
+
+error_code validate(const layout& l) noexcept {
+    if (l.max_readers < 1 || l.max_message_size < 1 || l.capacity % 8 != 0)
+        return make_error_code(errc::invalid_argument);
+    if (l.max_readers > 1024 || l.max_message_size > (16u << 20) ||
+        l.capacity > (std::uint64_t(1) << 40))
+        return make_error_code(errc::limit_exceeded);
+    if (l.capacity < 2 * record_size(l.max_message_size))
+        return make_error_code(errc::invalid_argument);
+    return {};
+}
+
+std::uint64_t segment_size(const layout& l) noexcept {
+    return offsets::header_size + std::uint64_t(l.max_readers) * offsets::entry_size + l.capacity;
+}
+
+namespace {
+template <class T>
+void put(std::span<std::byte> s, std::size_t offset, T v) noexcept {
+    std::memcpy(s.data() + offset, &v, sizeof v);
+}
+template <class T>
+T get(std::span<const std::byte> s, std::size_t offset) noexcept {
+    T v;
+    std::memcpy(&v, s.data() + offset, sizeof v);
+    return v;
+}
+} // namespace
+
+void initialise(std::span<std::byte> segment, const layout& l) noexcept {
+    std::memset(segment.data(), 0, offsets::header_size + l.max_readers * offsets::entry_size);
+    put<std::uint32_t>(segment, offsets::version, version);
+    put<std::uint32_t>(segment, offsets::max_readers, l.max_readers);
+    put<std::uint32_t>(segment, offsets::max_message_size, l.max_message_size);
+    put<std::uint64_t>(segment, offsets::capacity, l.capacity);
+    put<std::uint64_t>(segment, offsets::magic, magic); // last: a crash before leaves it blank
+}
+
+bool is_blank(std::span<const std::byte> segment) noexcept {
+    return segment.size() < offsets::header_size || get<std::uint64_t>(segment, offsets::magic) == 0;
+}
+
+view view::open(std::span<std::byte> segment, error_code& ec) noexcept {
+    ec.clear();
+    layout l;
+    if (segment.size() < offsets::header_size) {
+        ec = make_error_code(errc::corrupt_segment);
+        return view(segment, l);
+    }
+    const std::span<const std::byte> s = segment;
+    if (get<std::uint64_t>(s, offsets::magic) != magic ||
+        get<std::uint32_t>(s, offsets::version) != version) {
+        ec = make_error_code(errc::foreign_object);
+        return view(segment, l);
+    }
+    l.max_readers = get<std::uint32_t>(s, offsets::max_readers);
+    l.max_message_size = get<std::uint32_t>(s, offsets::max_message_size);
+    l.capacity = get<std::uint64_t>(s, offsets::capacity);
+    if (validate(l) || segment_size(l) > segment.size()) {
+        ec = make_error_code(errc::corrupt_segment);
+        return view(segment, layout{});
+    }
+    return view(segment, l);
+}
+
+std::uint64_t view::load64(std::size_t offset) const noexcept {
+    return get<std::uint64_t>(segment_, offset);
+}
+std::uint32_t view::load32(std::size_t offset) const noexcept {
+    return get<std::uint32_t>(segment_, offset);
+}
+void view::store64(std::size_t offset, std::uint64_t v) noexcept { put(segment_, offset, v); }
+void view::store32(std::size_t offset, std::uint32_t v) noexcept { put(segment_, offset, v); }
+
+bool view::fits(std::size_t payload) const noexcept {
+    const std::uint64_t head = load64(offsets::head), tail = load64(offsets::tail);
+    if (tail > head || head - tail > layout_.capacity || payload > layout_.max_message_size)
+        return false;
+    // Worst case the record also needs a wrap marker filling the rest of the lap.
+    const std::uint64_t offset = head % layout_.capacity;
+    std::uint64_t need = record_size(payload);
+    if (offset + need > layout_.capacity)
+        need += layout_.capacity - offset;
+    return layout_.capacity - (head - tail) >= need;
+}
+
+void view::collect(std::span<const bool> live) noexcept {
+    const std::uint64_t head = load64(offsets::head), tail = load64(offsets::tail);
+    const std::uint64_t head_seq = load64(offsets::head_seq), tail_seq = load64(offsets::tail_seq);
+    if (tail > head || head - tail > layout_.capacity || tail_seq > head_seq) {
+        store64(offsets::tail, head); // inconsistent: drop everything rather than trust it
+        store64(offsets::tail_seq, head_seq);
+        return;
+    }
+    std::uint64_t new_tail = head, new_seq = head_seq;
+    const std::size_t n = std::min<std::size_t>(live.size(), layout_.max_readers);
+    for (std::size_t slot = 0; slot < n; ++slot) {
+        if (!live[slot] || load32(entry(slot) + offsets::in_use) == 0)
+            continue;
+        const std::uint64_t cursor = load64(entry(slot) + offsets::cursor);
+        const std::uint64_t seq = load64(entry(slot) + offsets::cursor_seq);
+        if (cursor < tail || cursor > head || seq < tail_seq || seq > head_seq)
+            continue; // behind tail (it missed messages) or corrupt: it resyncs when it reads
+        if (cursor < new_tail) {
+            new_tail = cursor;
+            new_seq = seq;
+        }
+    }
+    if (new_tail > tail) {
+        store64(offsets::tail, new_tail);
+        store64(offsets::tail_seq, new_seq);
+    }
+}
+
+bool view::parse(std::uint64_t pos, std::uint64_t limit, std::uint64_t expected_seq,
+                 std::uint64_t& size, bool& is_message) const noexcept {
+    const std::uint64_t offset = pos % layout_.capacity;
+    const std::size_t base = ring_offset();
+    const std::uint32_t length = load32(base + offset);
+    if (length == wrap_marker) {
+        size = layout_.capacity - offset;
+        is_message = false;
+        return pos + size <= limit;
+    }
+    if (length > layout_.max_message_size)
+        return false;
+    size = record_size(length);
+    is_message = true;
+    if (offset + size > layout_.capacity || pos + size > limit)
+        return false;
+    return load64(base + offset + 8) == expected_seq;
+}
+
+std::uint64_t view::drop_oldest(std::size_t payload, error_code& ec) noexcept {
+    ec.clear();
+    std::uint64_t dropped = 0;
+    const std::uint64_t head = load64(offsets::head), head_seq = load64(offsets::head_seq);
+    std::uint64_t tail = load64(offsets::tail), tail_seq = load64(offsets::tail_seq);
+    if (tail > head || head - tail > layout_.capacity || tail_seq > head_seq) {
+        ec = make_error_code(errc::corrupt_segment);
+        tail = head;
+        tail_seq = head_seq;
+    }
+    // Bounded: every step moves tail forward by at least 8 bytes towards head.
+    while (!ec && !fits(payload) && tail < head) {
+        std::uint64_t size = 0;
+        bool is_message = false;
+        if (!parse(tail, head, tail_seq, size, is_message)) {
+            ec = make_error_code(errc::corrupt_segment);
+            dropped += head_seq - tail_seq;
+            tail = head;
+            tail_seq = head_seq;
+            break;
+        }
+        tail += size;
+        if (is_message) {
+            ++tail_seq;
+            ++dropped;
+        }
+        store64(offsets::tail, tail);
+        store64(offsets::tail_seq, tail_seq);
+    }
+    store64(offsets::tail, tail);
+    store64(offsets::tail_seq, tail_seq);
+    return dropped;
+}
+
+std::uint64_t view::append(std::span<const std::byte> payload, std::uint32_t sender_pid,
+                           error_code& ec) noexcept {
+    ec.clear();
+    if (payload.size() > layout_.max_message_size || !fits(payload.size())) {
+        ec = make_error_code(errc::invalid_argument);
+        return 0;
+    }
+    std::uint64_t head = load64(offsets::head);
+    const std::uint64_t seq = load64(offsets::head_seq);
+    const std::size_t base = ring_offset();
+    std::uint64_t offset = head % layout_.capacity;
+    const std::uint64_t size = record_size(payload.size());
+    if (offset + size > layout_.capacity) {
+        store32(base + offset, wrap_marker);
+        head += layout_.capacity - offset;
+        offset = 0;
+    }
+    store32(base + offset, static_cast<std::uint32_t>(payload.size()));
+    store32(base + offset + 4, sender_pid);
+    store64(base + offset + 8, seq);
+    if (!payload.empty())
+        std::memcpy(segment_.data() + base + offset + record_header_size, payload.data(),
+                    payload.size());
+    // Publish: readers (which also hold the lock) see the record only once head moved.
+    store64(offsets::head_seq, seq + 1);
+    store64(offsets::head, head + size);
+    return seq;
+}
+
+void view::begin_write(std::uint32_t pid) noexcept {
+    store32(offsets::dirty_pid, pid);
+    store32(offsets::dirty, 1);
+}
+void view::end_write() noexcept { store32(offsets::dirty, 0); }
+
+bool view::repair() noexcept {
+    if (load32(offsets::dirty) == 0)
+        return false;
+    store32(offsets::dirty, 0);
+    store64(offsets::repairs, load64(offsets::repairs) + 1);
+    return true;
+}
+std::uint64_t view::repairs() const noexcept { return load64(offsets::repairs); }
+std::uint32_t view::waiting_writers() const noexcept { return load32(offsets::waiting_writers); }
+void view::set_waiting_writers(std::uint32_t n) noexcept { store32(offsets::waiting_writers, n); }
+
+void view::join(std::size_t slot, std::uint32_t pid, std::string_view label) noexcept {
+    if (slot >= layout_.max_readers)
+        return;
+    const std::size_t e = entry(slot);
+    store64(e + offsets::cursor, load64(offsets::head));
+    store64(e + offsets::cursor_seq, load64(offsets::head_seq));
+    store32(e + offsets::pid, pid);
+    store32(e + offsets::sleeping, 0);
+    char buffer[label_capacity] = {};
+    std::memcpy(buffer, label.data(), std::min(label.size(), label_capacity - 1));
+    std::memcpy(segment_.data() + e + offsets::label, buffer, label_capacity);
+    store32(e + offsets::in_use, 1);
+}
+
+void view::leave(std::size_t slot) noexcept {
+    if (slot >= layout_.max_readers)
+        return;
+    store32(entry(slot) + offsets::in_use, 0);
+    store32(entry(slot) + offsets::pid, 0);
+    store32(entry(slot) + offsets::sleeping, 0);
+}
+
+bool view::in_use(std::size_t slot) const noexcept {
+    return slot < layout_.max_readers && load32(entry(slot) + offsets::in_use) != 0;
+}
+std::uint32_t view::pid(std::size_t slot) const noexcept {
+    return slot < layout_.max_readers ? load32(entry(slot) + offsets::pid) : 0;
+}
+std::string view::label(std::size_t slot) const {
+    if (slot >= layout_.max_readers)
+        return {};
+    char buffer[label_capacity];
+    std::memcpy(buffer, segment_.data() + entry(slot) + offsets::label, label_capacity);
+    // Bounded by the field, whatever the peer wrote (no terminator needed).
+    return std::string(buffer, ::strnlen(buffer, label_capacity));
+}
+
+void view::set_sleeping(std::size_t slot, bool sleeping) noexcept {
+    if (slot < layout_.max_readers)
+        store32(entry(slot) + offsets::sleeping, sleeping ? 1 : 0);
+}
+bool view::take_sleeping(std::size_t slot) noexcept {
+    if (slot >= layout_.max_readers || load32(entry(slot) + offsets::sleeping) == 0)
+        return false;
+    store32(entry(slot) + offsets::sleeping, 0);
+    return true;
+}
+
+void view::read(std::size_t slot, std::vector<message>& out, std::uint64_t& missed,
+                std::size_t max_messages, error_code& ec) {
+    ec.clear();
+    missed = 0;
+    if (slot >= layout_.max_readers) {
+        ec = make_error_code(errc::invalid_argument);
+        return;
+    }
+    const std::size_t e = entry(slot);
+    const std::uint64_t head = load64(offsets::head), head_seq = load64(offsets::head_seq);
+    const std::uint64_t tail = load64(offsets::tail), tail_seq = load64(offsets::tail_seq);
+    std::uint64_t cursor = load64(e + offsets::cursor), seq = load64(e + offsets::cursor_seq);
+    auto resync = [&] {
+        ec = make_error_code(errc::corrupt_segment);
+        store64(e + offsets::cursor, head);
+        store64(e + offsets::cursor_seq, head_seq);
+    };
+    if (tail > head || head - tail > layout_.capacity || tail_seq > head_seq) {
+        resync();
+        return;
+    }
+    if (cursor < tail || seq < tail_seq) { // records were dropped before this reader read them
+        if (seq > tail_seq || cursor > head) {
+            resync();
+            return;
+        }
+        missed = tail_seq - seq;
+        cursor = tail;
+        seq = tail_seq;
+    }
+    if (cursor > head || seq > head_seq) {
+        resync();
+        return;
+    }
+    const std::size_t base = ring_offset();
+    // Bounded: each record advances the cursor by >= 8 bytes and cursor < head <= tail + capacity.
+    while (cursor < head && out.size() < max_messages) {
+        std::uint64_t size = 0;
+        bool is_message = false;
+        if (!parse(cursor, head, seq, size, is_message)) {
+            resync();
+            return;
+        }
+        if (is_message) {
+            const std::uint64_t offset = cursor % layout_.capacity;
+            const std::uint32_t length = load32(base + offset);
+            message m;
+            m.sender_pid = load32(base + offset + 4);
+            m.sequence = seq;
+            const auto* data = segment_.data() + base + offset + record_header_size;
+            m.bytes.assign(data, data + length);
+            out.push_back(std::move(m));
+            ++seq;
+        }
+        cursor += size;
+    }
+    store64(e + offsets::cursor, cursor);
+    store64(e + offsets::cursor_seq, seq);
+}
+
+} // namespace sysv::ring

@@ -1,0 +1,751 @@
+// The asynchronous layer: backoff schedule (sans-I/O), waits on semaphores across processes,
+// completion tokens, cancellation, removal while waiting, many waiters, threads, mutex.
+#include "harness.hpp"
+
+#include <boost/asio/experimental/awaitable_operators.hpp>
+
+#include <atomic>
+#include <future>
+#include <memory>
+#include <optional>
+#include <random>
+#include <thread>
+#include <vector>
+
+import sysv;
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+using boost::system::error_code;
+
+namespace {
+
+/// Fresh set with `values`, removed by `guard`.
+sysv::semaphore_set make_set(sysv_test::ipc_guard& guard, std::initializer_list<int> values) {
+    auto set = sysv::semaphore_set::create(sysv::key::private_key(), values);
+    guard.semaphores(set);
+    return set;
+}
+
+/// A child that sleeps `delay` and then applies `ops` to set `id` (blocking API).
+template <class... Ops>
+sysv_test::child release_later(int id, std::chrono::milliseconds delay, Ops... ops) {
+    return sysv_test::child([=] {
+        std::this_thread::sleep_for(delay);
+        auto set = sysv::semaphore_set::open_id(id);
+        set.apply({ops...});
+        return 0;
+    });
+}
+
+/// Counts allocations made through it (to check the associated allocator is used).
+template <class T>
+struct counting_allocator {
+    using value_type = T;
+    std::shared_ptr<int> count;
+    explicit counting_allocator(std::shared_ptr<int> c) : count(std::move(c)) {}
+    template <class U>
+    counting_allocator(const counting_allocator<U>& other) : count(other.count) {}
+    T* allocate(std::size_t n) {
+        ++*count;
+        return std::allocator<T>().allocate(n);
+    }
+    void deallocate(T* p, std::size_t n) { std::allocator<T>().deallocate(p, n); }
+    template <class U>
+    bool operator==(const counting_allocator<U>& other) const {
+        return count == other.count;
+    }
+};
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(backoff_schedule)
+
+BOOST_AUTO_TEST_CASE(yields_then_sleeps_growing_to_the_cap) {
+    sysv::backoff b;
+    b.immediate_yields = 3;
+    b.first_sleep = 10us;
+    b.growth = 2.0;
+    b.max_sleep = 50us;
+    sysv::backoff_schedule s(b);
+    for (int i = 0; i < 3; ++i) {
+        BOOST_TEST(s.yielding());
+        BOOST_TEST(s.next().count() == 0);
+    }
+    BOOST_TEST(!s.yielding());
+    const std::chrono::nanoseconds expected[] = {10us, 20us, 40us, 50us, 50us, 50us};
+    for (auto e : expected)
+        BOOST_TEST(s.next().count() == e.count());
+}
+
+BOOST_AUTO_TEST_CASE(jitter_stays_within_its_fraction) {
+    sysv::backoff b;
+    b.immediate_yields = 0;
+    b.first_sleep = 100us;
+    b.max_sleep = 100us;
+    b.jitter = 0.25;
+    sysv::backoff_schedule s(b);
+    BOOST_TEST(s.next(0.0).count() == std::chrono::nanoseconds(75us).count());
+    BOOST_TEST(s.next(0.5).count() == std::chrono::nanoseconds(100us).count());
+    BOOST_TEST(s.next(0.999).count() <= std::chrono::nanoseconds(125us).count());
+    BOOST_TEST(s.next(0.999).count() > std::chrono::nanoseconds(124us).count());
+}
+
+BOOST_AUTO_TEST_CASE(validation_refuses_nonsense) {
+    BOOST_TEST(!sysv::backoff{}.validate());
+    BOOST_TEST(!sysv::backoff::latency_tuned().validate());
+    BOOST_TEST(!sysv::backoff::cpu_tuned().validate());
+    sysv::backoff b;
+    b.growth = 0.5;
+    BOOST_TEST((b.validate() == sysv::errc::invalid_argument));
+    b = {};
+    b.max_sleep = 1us;
+    BOOST_TEST((b.validate() == sysv::errc::invalid_argument));
+    b = {};
+    b.jitter = 1.0;
+    BOOST_TEST((b.validate() == sysv::errc::invalid_argument));
+    b = {};
+    b.first_sleep = 0us;
+    BOOST_TEST((b.validate() == sysv::errc::invalid_argument));
+}
+
+BOOST_AUTO_TEST_CASE(snapshot_decides_what_can_proceed) {
+    std::vector<int> values{1, 0, 32767};
+    auto to_sembufs = [](std::initializer_list<sysv::operation> ops) {
+        std::vector<sembuf> out;
+        for (auto& o : ops)
+            out.push_back(
+                {static_cast<unsigned short>(o.index()), static_cast<short>(o.delta()), 0});
+        return out;
+    };
+    // Taking two units from a semaphore holding one: no, and nothing changes.
+    BOOST_TEST(!sysv::detail::apply_to_snapshot(values, to_sembufs({sysv::op::acquire(0, 2)})));
+    BOOST_TEST((values == std::vector<int>{1, 0, 32767}));
+    // A group fails as a whole and is rolled back.
+    BOOST_TEST(!sysv::detail::apply_to_snapshot(
+        values, to_sembufs({sysv::op::acquire(0), sysv::op::acquire(1)})));
+    BOOST_TEST((values == std::vector<int>{1, 0, 32767}));
+    BOOST_TEST(!sysv::detail::apply_to_snapshot(values, to_sembufs({sysv::op::release(2)})));
+    BOOST_TEST(sysv::detail::apply_to_snapshot(
+        values, to_sembufs({sysv::op::acquire(0), sysv::op::wait_zero(0), sysv::op::release(1)})));
+    BOOST_TEST((values == std::vector<int>{0, 1, 32767}));
+    BOOST_TEST(!sysv::detail::apply_to_snapshot(values, to_sembufs({sysv::op::wait_zero(1)})));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(async_semaphores)
+
+BOOST_AUTO_TEST_CASE(a_release_by_another_process_completes_the_wait) {
+    sysv_test::ipc_guard guard;
+    auto raw = make_set(guard, {0});
+    const int id = raw.id();
+    auto releaser = release_later(id, 50ms, sysv::op::release(0, 2));
+    asio::io_context io;
+    sysv::async_semaphore_set set(io, std::move(raw));
+    bool done = false;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            co_await set.async_acquire(0, 2, asio::use_awaitable);
+            done = true;
+        },
+        asio::detached);
+    io.run(); // returns only once the wait completed: the pending wait is tracked work
+    BOOST_TEST(done);
+    BOOST_TEST(set.value(0) == 0);
+    BOOST_TEST(releaser.wait().exited_with(0));
+}
+
+BOOST_AUTO_TEST_CASE(wait_zero_completes_when_the_value_reaches_zero) {
+    sysv_test::ipc_guard guard;
+    auto raw = make_set(guard, {2});
+    auto taker = release_later(raw.id(), 30ms, sysv::op::acquire(0, 2));
+    asio::io_context io;
+    sysv::async_semaphore_set set(io, std::move(raw));
+    error_code result = sysv::errc::not_open;
+    set.async_wait_zero(0, [&](error_code ec) { result = ec; });
+    io.run();
+    BOOST_TEST(!result);
+    BOOST_TEST(set.value(0) == 0);
+    BOOST_TEST(taker.wait().exited_with(0));
+}
+
+BOOST_AUTO_TEST_CASE(a_group_is_applied_atomically_once_all_can_proceed) {
+    sysv_test::ipc_guard guard;
+    auto raw = make_set(guard, {1, 0, 0});
+    const int id = raw.id();
+    // Semaphore 1 arrives later; until then semaphore 0 must stay untouched.
+    sysv_test::child peer([id] {
+        auto s = sysv::semaphore_set::open_id(id);
+        std::this_thread::sleep_for(30ms);
+        SYSV_CHILD_CHECK(s.value(0) == 1);
+        s.apply(sysv::op::release(1));
+        return 0;
+    });
+    asio::io_context io;
+    sysv::async_semaphore_set set(io, std::move(raw));
+    error_code result = sysv::errc::not_open;
+    set.async_apply({sysv::op::acquire(0), sysv::op::acquire(1), sysv::op::release(2, 5)},
+                    [&](error_code ec) { result = ec; });
+    io.run();
+    BOOST_TEST(!result);
+    BOOST_TEST((set.values() == std::vector<int>{0, 0, 5}));
+    BOOST_TEST(peer.wait().exited_with(0));
+}
+
+BOOST_AUTO_TEST_CASE(the_handler_is_never_called_from_the_initiating_function) {
+    sysv_test::ipc_guard guard;
+    asio::io_context io;
+    sysv::async_semaphore_set set(io, make_set(guard, {1}));
+    bool called = false;
+    set.async_acquire(0, [&](error_code ec) {
+        BOOST_TEST(!ec);
+        called = true;
+    });
+    BOOST_TEST(!called); // the fast path applied the semop, but completion waits for run()
+    BOOST_TEST(set.value(0) == 0);
+    io.run();
+    BOOST_TEST(called);
+}
+
+BOOST_AUTO_TEST_CASE(errors_are_reported_through_the_handler) {
+    sysv_test::ipc_guard guard;
+    asio::io_context io;
+    sysv::async_semaphore_set set(io, make_set(guard, {1}));
+    std::vector<error_code> results;
+    auto record = [&](error_code ec) { results.push_back(ec); };
+    set.async_acquire(3, record);
+    set.async_acquire(0, 0, record);
+    set.async_apply(sysv::op::acquire(0), sysv::backoff{0, 0us, 2.0, 1us, 0.0}, record);
+    sysv::async_semaphore_set closed(io);
+    closed.async_acquire(0, record);
+    io.run();
+    BOOST_REQUIRE(results.size() == 4u);
+    BOOST_TEST((results[0] == sysv::errc::index_out_of_range));
+    BOOST_TEST((results[1] == sysv::errc::value_out_of_range));
+    BOOST_TEST((results[2] == sysv::errc::invalid_argument));
+    BOOST_TEST((results[3] == sysv::errc::not_open));
+    BOOST_TEST(set.value(0) == 1);
+}
+
+BOOST_AUTO_TEST_CASE(every_completion_token_works) {
+    sysv_test::ipc_guard guard;
+    auto raw = make_set(guard, {0});
+    auto releaser = release_later(raw.id(), 20ms, sysv::op::release(0, 4));
+    asio::io_context io;
+    sysv::async_semaphore_set set(io, std::move(raw));
+    int completed = 0;
+
+    // Plain callback.
+    set.async_acquire(0, [&](error_code ec) { completed += !ec; });
+    // deferred: nothing happens until the deferred operation is started.
+    auto deferred = set.async_acquire(0, asio::deferred);
+    deferred([&](error_code ec) { completed += !ec; });
+    // as_tuple inside a coroutine.
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            auto [ec] = co_await set.async_acquire(0, asio::as_tuple(asio::use_awaitable));
+            completed += !ec;
+            // An object whose default token is use_awaitable (as_default_on).
+            auto awaiting = asio::use_awaitable_t<>::as_default_on(
+                sysv::async_semaphore_set(io, sysv::semaphore_set::open_id(set.id())));
+            co_await awaiting.async_acquire(0);
+            ++completed;
+        },
+        asio::detached);
+    io.run();
+    BOOST_TEST(completed == 4);
+
+    // use_future, with the io_context running on another thread.
+    auto again = release_later(set.id(), 20ms, sysv::op::release(0));
+    auto work = asio::make_work_guard(io);
+    io.restart();
+    std::thread runner([&] { io.run(); });
+    std::future<void> f = set.async_acquire(0, asio::use_future);
+    BOOST_CHECK_NO_THROW(f.get());
+    work.reset();
+    runner.join();
+    BOOST_TEST(releaser.wait().exited_with(0));
+    BOOST_TEST(again.wait().exited_with(0));
+}
+
+BOOST_AUTO_TEST_CASE(the_associated_allocator_is_used_for_waits) {
+    sysv_test::ipc_guard guard;
+    auto raw = make_set(guard, {0});
+    auto releaser = release_later(raw.id(), 10ms, sysv::op::release(0));
+    asio::io_context io;
+    sysv::async_semaphore_set set(io, std::move(raw));
+    auto count = std::make_shared<int>(0);
+    bool done = false;
+    set.async_acquire(0, asio::bind_allocator(counting_allocator<int>(count),
+                                              [&](error_code ec) { done = !ec; }));
+    io.run();
+    BOOST_TEST(done);
+    BOOST_TEST(*count >= 1);
+    BOOST_TEST(releaser.wait().exited_with(0));
+}
+
+BOOST_AUTO_TEST_CASE(the_handler_runs_on_its_associated_executor) {
+    sysv_test::ipc_guard guard;
+    auto raw = make_set(guard, {0});
+    auto releaser = release_later(raw.id(), 10ms, sysv::op::release(0));
+    asio::io_context io;
+    auto strand = asio::make_strand(io);
+    sysv::async_semaphore_set set(io, std::move(raw));
+    bool on_strand = false;
+    set.async_acquire(0, asio::bind_executor(strand, [&](error_code) {
+                          on_strand = strand.running_in_this_thread();
+                      }));
+    io.run();
+    BOOST_TEST(on_strand);
+    BOOST_TEST(releaser.wait().exited_with(0));
+}
+
+BOOST_AUTO_TEST_CASE(a_release_in_this_process_wakes_local_waiters_at_once) {
+    sysv_test::ipc_guard guard;
+    asio::io_context io;
+    // A long max_sleep: only the kick can explain a prompt completion.
+    sysv::backoff slow{0, std::chrono::microseconds(10s), 2.0, std::chrono::microseconds(10s), 0.0};
+    sysv::async_semaphore_set set(io, make_set(guard, {0}), slow);
+    bool done = false;
+    set.async_acquire(0, [&](error_code ec) { done = !ec; });
+    asio::steady_timer t(io, 20ms);
+    t.async_wait([&](error_code) { set.try_apply(sysv::op::release(0)); });
+    io.run_for(5s);
+    BOOST_TEST(done);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(async_cancellation)
+
+BOOST_AUTO_TEST_CASE(each_cancellation_type_aborts_a_pending_wait_without_side_effects) {
+    for (auto type : {asio::cancellation_type::terminal, asio::cancellation_type::partial,
+                      asio::cancellation_type::total}) {
+        sysv_test::ipc_guard guard;
+        asio::io_context io;
+        sysv::async_semaphore_set set(io, make_set(guard, {0, 3}));
+        asio::cancellation_signal signal;
+        error_code result;
+        set.async_apply(
+            {sysv::op::acquire(0), sysv::op::acquire(1)},
+            asio::bind_cancellation_slot(signal.slot(), [&](error_code ec) { result = ec; }));
+        asio::post(io, [&] { signal.emit(type); });
+        io.run();
+        BOOST_TEST((result == asio::error::operation_aborted));
+        BOOST_TEST((set.values() == std::vector<int>{0, 3}));
+        BOOST_TEST(set.pending_waits() == 0u);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(cancel_close_and_destruction_abort_every_wait_of_the_object) {
+    sysv_test::ipc_guard guard;
+    asio::io_context io;
+    auto raw = make_set(guard, {0});
+    const int id = raw.id();
+    std::vector<error_code> results;
+    auto record = [&](error_code ec) { results.push_back(ec); };
+    sysv::async_semaphore_set a(io, std::move(raw));
+    sysv::async_semaphore_set b(io, sysv::semaphore_set::open_id(id));
+    a.async_acquire(0, record);
+    a.async_wait_zero(0, record); // value is 0: completes by itself
+    b.async_acquire(0, record);
+    {
+        sysv::async_semaphore_set c(io, sysv::semaphore_set::open_id(id));
+        c.async_acquire(0, record);
+    } // destroyed: its wait is aborted
+    io.poll();
+    a.cancel();
+    io.poll();
+    BOOST_TEST(b.pending_waits() == 1u); // only b's wait is left
+    b.close();
+    BOOST_TEST(!b.is_open());
+    io.run();
+    BOOST_REQUIRE(results.size() == 4u);
+    int aborted = 0, ok = 0;
+    for (auto& ec : results)
+        (ec == asio::error::operation_aborted ? aborted : ok) += 1;
+    BOOST_TEST(aborted == 3);
+    BOOST_TEST(ok == 1);
+    BOOST_TEST(a.value(0) == 0);
+}
+
+BOOST_AUTO_TEST_CASE(timeout_by_racing_a_timer) {
+    using namespace asio::experimental::awaitable_operators;
+    sysv_test::ipc_guard guard;
+    asio::io_context io;
+    sysv::async_semaphore_set set(io, make_set(guard, {0}));
+    std::optional<std::size_t> winner;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            asio::steady_timer timer(io, 30ms);
+            auto result = co_await (set.async_acquire(0, asio::use_awaitable) ||
+                                    timer.async_wait(asio::use_awaitable));
+            winner = result.index();
+        },
+        asio::detached);
+    io.run();
+    BOOST_REQUIRE(winner.has_value());
+    BOOST_TEST(*winner == 1u); // the timer won
+    BOOST_TEST(set.value(0) == 0);
+    BOOST_TEST(set.pending_waits() == 0u);
+}
+
+// Another process releases units at random moments while this one keeps starting waits that
+// are cancelled by a short timeout. Every released unit must be either delivered to a wait that
+// reported success or still in the semaphore: none lost, none counted twice.
+BOOST_AUTO_TEST_CASE(cancellation_racing_success_never_loses_a_unit) {
+    using namespace asio::experimental::awaitable_operators;
+    sysv_test::ipc_guard guard;
+    auto raw = make_set(guard, {0, 0});
+    const int id = raw.id();
+    constexpr int units = 3000;
+    sysv_test::child producer([id] {
+        auto s = sysv::semaphore_set::open_id(id);
+        std::minstd_rand random(42);
+        for (int i = 0; i < units; ++i) {
+            s.apply(sysv::op::release(0));
+            if (random() % 4 == 0)
+                std::this_thread::sleep_for(std::chrono::microseconds(random() % 200));
+        }
+        s.apply(sysv::op::release(1)); // done
+        return 0;
+    });
+    asio::io_context io;
+    sysv::async_semaphore_set set(io, std::move(raw), sysv::backoff::latency_tuned());
+    int acquired = 0, timeouts = 0;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            std::minstd_rand random(7);
+            asio::steady_timer timer(io);
+            for (;;) {
+                timer.expires_after(std::chrono::microseconds(random() % 100));
+                auto r = co_await (set.async_acquire(0, asio::use_awaitable) ||
+                                   timer.async_wait(asio::use_awaitable));
+                if (r.index() == 0)
+                    ++acquired;
+                else
+                    ++timeouts;
+                if (set.value(1) == 1 && set.value(0) == 0)
+                    break;
+            }
+        },
+        asio::detached);
+    io.run();
+    BOOST_TEST(producer.wait().exited_with(0));
+    BOOST_TEST(acquired + set.value(0) == units);
+    BOOST_TEST(timeouts > 0);
+    BOOST_TEST_MESSAGE("acquired " << acquired << ", timeouts " << timeouts);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(async_removal)
+
+BOOST_AUTO_TEST_CASE(removal_by_another_process_completes_every_waiter) {
+    for (bool use_ipcrm : {false, true}) {
+        sysv_test::ipc_guard guard;
+        auto raw = make_set(guard, {0});
+        const int id = raw.id();
+        sysv_test::child remover([id, use_ipcrm] {
+            std::this_thread::sleep_for(50ms);
+            if (use_ipcrm) {
+                const std::string sid = std::to_string(id);
+                ::execlp("ipcrm", "ipcrm", "-s", sid.c_str(), static_cast<char*>(nullptr));
+                return 97;
+            }
+            sysv::semaphore_set::open_id(id).remove();
+            return 0;
+        });
+        asio::io_context io;
+        sysv::async_semaphore_set set(io, std::move(raw));
+        int removed = 0;
+        for (int i = 0; i < 100; ++i)
+            asio::co_spawn(
+                io,
+                [&]() -> asio::awaitable<void> {
+                    auto [ec] = co_await set.async_acquire(0, asio::as_tuple(asio::use_awaitable));
+                    removed += ec == sysv::errc::removed;
+                },
+                asio::detached);
+        const auto handlers = io.run(); // returns: nothing keeps polling a removed set
+        BOOST_TEST(removed == 100);
+        BOOST_TEST(set.pending_waits() == 0u);
+        BOOST_TEST(handlers < 2000u); // no spinning after the removal
+        BOOST_TEST(remover.wait().exited_with(0));
+    }
+}
+
+BOOST_AUTO_TEST_CASE(removal_by_this_process_completes_waiters_at_once) {
+    sysv_test::ipc_guard guard;
+    asio::io_context io;
+    sysv::backoff slow{0, std::chrono::microseconds(10s), 2.0, std::chrono::microseconds(10s), 0.0};
+    sysv::async_semaphore_set set(io, make_set(guard, {0}), slow);
+    error_code result;
+    set.async_acquire(0, [&](error_code ec) { result = ec; });
+    asio::post(io, [&] { set.remove(); });
+    io.run_for(5s);
+    BOOST_TEST((result == sysv::errc::removed));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(async_scale)
+
+BOOST_AUTO_TEST_CASE(ten_thousand_waiters_on_one_thread_all_complete) {
+    constexpr int waiters = 10000;
+    sysv_test::ipc_guard guard;
+    auto raw = make_set(guard, {0});
+    const int id = raw.id();
+    sysv_test::child releaser([id] {
+        auto s = sysv::semaphore_set::open_id(id);
+        std::this_thread::sleep_for(100ms);
+        for (int i = 0; i < waiters; i += 1000)
+            s.apply(sysv::op::release(0, 1000));
+        return 0;
+    });
+    asio::io_context io;
+    sysv::async_semaphore_set set(io, std::move(raw));
+    int completed = 0;
+    for (int i = 0; i < waiters; ++i)
+        set.async_acquire(0, [&](error_code ec) { completed += !ec; });
+    io.run();
+    BOOST_TEST(completed == waiters);
+    BOOST_TEST(set.value(0) == 0);
+    BOOST_TEST(releaser.wait().exited_with(0));
+}
+
+BOOST_AUTO_TEST_CASE(two_threads_and_a_strand) {
+    constexpr int rounds = 2000;
+    sysv_test::ipc_guard guard;
+    asio::io_context io(2);
+    auto strand = asio::make_strand(io);
+    // Two coroutines on one strand pass a token back and forth through two semaphores, while
+    // a third on the plain executor keeps releasing and acquiring another one.
+    sysv::async_semaphore_set set(strand, make_set(guard, {0, 0, 0}));
+    sysv::async_semaphore_set other(io.get_executor(), sysv::semaphore_set::open_id(set.id()));
+    int ping = 0, pong = 0, spins = 0;
+    asio::co_spawn(
+        strand,
+        [&]() -> asio::awaitable<void> {
+            for (int i = 0; i < rounds; ++i) {
+                set.try_apply(sysv::op::release(1));
+                co_await set.async_acquire(0, asio::use_awaitable);
+                ++ping;
+            }
+        },
+        asio::detached);
+    asio::co_spawn(
+        strand,
+        [&]() -> asio::awaitable<void> {
+            for (int i = 0; i < rounds; ++i) {
+                co_await set.async_acquire(1, asio::use_awaitable);
+                ++pong;
+                set.try_apply(sysv::op::release(0));
+            }
+        },
+        asio::detached);
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            for (int i = 0; i < rounds; ++i) {
+                other.try_apply(sysv::op::release(2));
+                co_await other.async_acquire(2, asio::use_awaitable);
+                ++spins;
+            }
+        },
+        asio::detached);
+    std::thread second([&] { io.run(); });
+    io.run();
+    second.join();
+    BOOST_TEST(ping == rounds);
+    BOOST_TEST(pong == rounds);
+    BOOST_TEST(spins == rounds);
+    BOOST_TEST((set.values() == std::vector<int>{0, 0, 0}));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(async_mutex)
+
+SYSV_CO_TEST_CASE(the_guard_releases_on_scope_exit_and_exceptions) {
+    sysv_test::ipc_guard guard;
+    sysv::mutex m(co_await asio::this_coro::executor, make_set(guard, {1}));
+    {
+        auto lock = co_await m.async_lock(asio::use_awaitable);
+        BOOST_TEST(lock.owns_lock());
+        BOOST_TEST(m.is_locked());
+        BOOST_TEST(!m.try_lock());
+    }
+    BOOST_TEST(!m.is_locked());
+    try {
+        auto lock = co_await m.async_lock(asio::use_awaitable);
+        throw std::runtime_error("inside the critical section");
+    } catch (const std::runtime_error&) {
+    }
+    BOOST_TEST(!m.is_locked());
+    BOOST_TEST(m.try_lock());
+    m.unlock();
+    BOOST_TEST(!m.is_locked());
+}
+
+BOOST_AUTO_TEST_CASE(a_cancelled_coroutine_releases_its_lock) {
+    using namespace asio::experimental::awaitable_operators;
+    sysv_test::ipc_guard guard;
+    asio::io_context io;
+    sysv::mutex m(io, make_set(guard, {1}));
+    // The holder keeps the lock until its coroutine is cancelled by a timer race.
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            asio::steady_timer forever(io, 1h), timeout(io, 20ms);
+            auto holding = [&]() -> asio::awaitable<void> {
+                auto lock = co_await m.async_lock(asio::use_awaitable);
+                co_await forever.async_wait(asio::use_awaitable);
+            };
+            co_await (holding() || timeout.async_wait(asio::use_awaitable));
+        },
+        asio::detached);
+    bool second = false;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            auto lock = co_await m.async_lock(asio::use_awaitable);
+            second = true;
+        },
+        asio::detached);
+    io.run();
+    BOOST_TEST(second);
+    BOOST_TEST(!m.is_locked());
+}
+
+BOOST_AUTO_TEST_CASE(a_holder_killed_with_sigkill_releases_the_lock) {
+    sysv_test::ipc_guard guard;
+    auto raw = make_set(guard, {1, 0});
+    const int id = raw.id();
+    sysv_test::child holder([id] {
+        asio::io_context io;
+        sysv::mutex m(io, sysv::semaphore_set::open_id(id));
+        asio::co_spawn(
+            io,
+            [&]() -> asio::awaitable<void> {
+                auto lock = co_await m.async_lock(asio::use_awaitable);
+                m.semaphores().try_apply(sysv::op::release(1)); // "I hold it"
+                asio::steady_timer forever(io, std::chrono::hours(1));
+                co_await forever.async_wait(asio::use_awaitable);
+            },
+            asio::detached);
+        io.run();
+        return 1;
+    });
+    asio::io_context io;
+    sysv::mutex m(io, std::move(raw));
+    bool locked = false;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            co_await m.semaphores().async_acquire(1, asio::use_awaitable);
+            BOOST_TEST(m.is_locked());
+            BOOST_TEST(!m.try_lock());
+            holder.kill(SIGKILL);
+            auto lock = co_await m.async_lock(asio::use_awaitable);
+            locked = lock.owns_lock();
+        },
+        asio::detached);
+    io.run();
+    BOOST_TEST(locked);
+    BOOST_TEST(holder.wait().killed_by(SIGKILL));
+    BOOST_TEST(!m.is_locked());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(async_open)
+
+BOOST_AUTO_TEST_CASE(creates_or_opens_without_blocking) {
+    sysv_test::ipc_guard guard;
+    const sysv::key k(guard.temp_key());
+    asio::io_context io;
+    std::vector<int> ids;
+    bool called_inline = true;
+    for (int i = 0; i < 2; ++i) {
+        sysv::async_open_or_create(io.get_executor(), k, std::vector<int>{2, 5},
+                                   [&](error_code ec, sysv::semaphore_set set) {
+                                       BOOST_TEST(!ec);
+                                       guard.semaphores(set);
+                                       ids.push_back(set.id());
+                                       BOOST_TEST((set.values() == std::vector<int>{2, 5}));
+                                   });
+        called_inline = ids.size() > static_cast<std::size_t>(i);
+    }
+    BOOST_TEST(!called_inline);
+    io.run();
+    BOOST_REQUIRE(ids.size() == 2u);
+    BOOST_TEST(ids[0] == ids[1]);
+}
+
+BOOST_AUTO_TEST_CASE(waits_asynchronously_for_the_creator_to_publish) {
+    sysv_test::ipc_guard guard;
+    const key_t k = guard.temp_key();
+    // A "creator" that made the set but publishes only later (as a slow creator would).
+    const int id = ::semget(k, 1, IPC_CREAT | IPC_EXCL | 0600);
+    BOOST_REQUIRE(id != -1);
+    guard.semaphore_id(id);
+    asio::io_context io;
+    std::optional<error_code> result;
+    int timer_ticks = 0;
+    sysv::async_open_or_create(io.get_executor(), sysv::key(k), std::vector<int>{1}, 0600,
+                               sysv::open_options{2000ms, 1000us},
+                               [&](error_code ec, sysv::semaphore_set set) {
+                                   result = ec;
+                                   BOOST_TEST(set.id() == id);
+                               });
+    // The thread is not blocked: a timer on the same io_context keeps ticking, and publishes.
+    asio::steady_timer t(io);
+    std::function<void()> tick = [&] {
+        t.expires_after(5ms);
+        t.async_wait([&](error_code) {
+            if (++timer_ticks == 5) {
+                sembuf publish[2] = {{0, 1, 0}, {0, -1, 0}};
+                ::semop(id, publish, 2);
+            }
+            if (!result)
+                tick();
+        });
+    };
+    tick();
+    io.run();
+    BOOST_REQUIRE(result.has_value());
+    BOOST_TEST(!*result);
+    BOOST_TEST(timer_ticks >= 5);
+}
+
+BOOST_AUTO_TEST_CASE(an_unpublished_set_times_out_and_cancellation_aborts) {
+    sysv_test::ipc_guard guard;
+    const key_t k = guard.temp_key();
+    const int id = ::semget(k, 1, IPC_CREAT | IPC_EXCL | 0600);
+    BOOST_REQUIRE(id != -1);
+    guard.semaphore_id(id);
+    asio::io_context io;
+    std::vector<error_code> results;
+    sysv::async_open_or_create(io.get_executor(), sysv::key(k), std::vector<int>{1}, 0600,
+                               sysv::open_options{50ms, 1000us},
+                               [&](error_code ec, sysv::semaphore_set) { results.push_back(ec); });
+    asio::cancellation_signal signal;
+    sysv::async_open_or_create(
+        io.get_executor(), sysv::key(k), std::vector<int>{1}, 0600, sysv::open_options{10s, 1ms},
+        asio::bind_cancellation_slot(
+            signal.slot(), [&](error_code ec, sysv::semaphore_set) { results.push_back(ec); }));
+    asio::steady_timer t(io, 10ms);
+    t.async_wait([&](error_code) { signal.emit(asio::cancellation_type::partial); });
+    io.run();
+    BOOST_REQUIRE(results.size() == 2u);
+    BOOST_TEST((results[0] == asio::error::operation_aborted));
+    BOOST_TEST((results[1] == sysv::errc::not_initialised));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
