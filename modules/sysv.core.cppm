@@ -220,11 +220,12 @@ public:
     bool is_attached() const noexcept { return address_ != nullptr; }
 
     /// A T living at `offset` in the segment. T must be trivially copyable; the object must fit
-    /// in the segment and be suitably aligned, else errc::bad_layout.
+    /// in the segment and be suitably aligned, else errc::bad_layout. The error_code overload
+    /// returns a pointer: null on error.
     template <class T>
         requires std::is_trivially_copyable_v<T>
-    auto& as(std::size_t offset, error_code& ec) const noexcept {
-        return *as_array<T>(1, offset, ec).data();
+    auto* as(std::size_t offset, error_code& ec) const noexcept {
+        return as_array<T>(1, offset, ec).data();
     }
     template <class T>
         requires std::is_trivially_copyable_v<T>

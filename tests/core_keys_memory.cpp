@@ -298,6 +298,12 @@ BOOST_AUTO_TEST_CASE(typed_access_checks_size_and_alignment) {
     auto some = view.as_array<std::uint64_t>(2, 8, ec);
     BOOST_TEST(!ec);
     BOOST_TEST(some.size() == 2u);
+    // The non-throwing as<T> gives a pointer: null when the object does not fit.
+    BOOST_TEST(view.as<std::uint64_t>(60, ec) == nullptr);
+    BOOST_TEST((ec == sysv::errc::bad_layout));
+    std::uint64_t* fits = view.as<std::uint64_t>(56, ec);
+    BOOST_TEST(!ec);
+    BOOST_TEST(fits == &view.as<std::uint64_t>(56));
 
     // The same checks on a read-only attachment.
     auto ro = segment.attach(sysv::access::read_only);
