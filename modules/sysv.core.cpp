@@ -722,8 +722,7 @@ namespace detail {
 set_opener::set_opener(key k, std::span<const int> initial_values, mode_t mode,
                        const open_options& options)
     : key_(k), values_(initial_values.begin(), initial_values.end()), mode_(mode),
-      options_(options),
-      deadline_(deadline_after(options.initialisation_timeout)) {}
+      options_(options), deadline_(deadline_after(options.initialisation_timeout)) {}
 
 bool set_opener::step(semaphore_set& result, error_code& ec) {
     ec.clear();

@@ -122,8 +122,9 @@ void poll_service::start(pending_wait* w, const asio::any_io_executor& ex) {
         w->sleeping = true;
         w->interval = pause;
         w->due = clock::now() + pause;
-        arm_timer_locked();
     }
+    if (w->sleeping || w->deadline)
+        arm_timer_locked();
 }
 
 void poll_service::cancel(pending_wait* w) {
@@ -183,9 +184,12 @@ void poll_service::post_pass_locked() {
 
 void poll_service::arm_timer_locked() {
     std::optional<clock::time_point> earliest;
-    for (pending_wait* w = head_; w != nullptr; w = w->next)
+    for (pending_wait* w = head_; w != nullptr; w = w->next) {
         if (w->sleeping && (!earliest || w->due < *earliest))
             earliest = w->due;
+        if (w->deadline && (!earliest || *w->deadline < *earliest))
+            earliest = *w->deadline;
+    }
     if (!earliest) {
         if (timer_at_) {
             timer_->cancel(); // nothing to wait for: let run() return
@@ -220,7 +224,8 @@ void poll_service::run_pass() {
         // period converge on the same ticks).
         std::vector<pending_wait*> candidates;
         for (pending_wait* w = head_; w != nullptr; w = w->next)
-            if (!w->sleeping || w->due - w->interval / 4 <= now)
+            if (!w->sleeping || w->due - w->interval / 4 <= now ||
+                (w->deadline && *w->deadline <= now))
                 candidates.push_back(w);
         std::stable_sort(
             candidates.begin(), candidates.end(),
@@ -254,6 +259,10 @@ void poll_service::run_pass() {
                         result = attempt_result::would_block;
                     else
                         result = try_semop(w->set_id, w->ops, ec);
+                }
+                if (result == attempt_result::would_block && w->deadline && *w->deadline <= now) {
+                    result = attempt_result::failed;
+                    ec = asio::error::timed_out;
                 }
                 if (result == attempt_result::would_block) {
                     const auto pause = w->schedule.next(uniform01(random_));

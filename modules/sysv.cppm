@@ -166,26 +166,33 @@ private:
     std::size_t size_ = 0;
 };
 
-/// The sembuf array for one semop call, inline for small groups.
+/// The sembuf array for one semop call, inline for small groups (no allocation on the hot
+/// path).
 class semop_buffer {
 public:
     semop_buffer() = default;
     explicit semop_buffer(operation_list ops) {
-        sembufs_.resize(ops.size());
-        std::size_t i = 0;
+        if (ops.size() > inline_.size())
+            heap_.resize(ops.size());
+        size_ = ops.size();
+        sembuf* out = data();
         for (const operation& o : ops) {
-            sembufs_[i].sem_num = static_cast<unsigned short>(o.index());
-            sembufs_[i].sem_op = static_cast<short>(o.delta());
-            sembufs_[i].sem_flg = static_cast<short>(IPC_NOWAIT | (o.uses_undo() ? SEM_UNDO : 0));
-            ++i;
+            out->sem_num = static_cast<unsigned short>(o.index());
+            out->sem_op = static_cast<short>(o.delta());
+            out->sem_flg = static_cast<short>(IPC_NOWAIT | (o.uses_undo() ? SEM_UNDO : 0));
+            ++out;
         }
     }
-    std::span<const sembuf> span() const noexcept { return sembufs_; }
-    sembuf* data() noexcept { return sembufs_.data(); }
-    std::size_t size() const noexcept { return sembufs_.size(); }
+    std::span<const sembuf> span() const noexcept {
+        return {heap_.empty() ? inline_.data() : heap_.data(), size_};
+    }
+    sembuf* data() noexcept { return heap_.empty() ? inline_.data() : heap_.data(); }
+    std::size_t size() const noexcept { return size_; }
 
 private:
-    std::vector<sembuf> sembufs_;
+    std::array<sembuf, 4> inline_{};
+    std::vector<sembuf> heap_;
+    std::size_t size_ = 0;
 };
 
 /// Whether any operation gives units (a success may let this process's other waiters proceed).
@@ -236,6 +243,7 @@ struct pending_wait {
     bool done = false;
     bool cancel_requested = false;
     bool sleeping = false;
+    std::optional<std::chrono::steady_clock::time_point> deadline; ///< async_apply_for
     std::chrono::steady_clock::time_point due{};
     std::chrono::nanoseconds interval{0};
 };
@@ -495,6 +503,18 @@ public:
             initiate_wait{this}, token, detail::operation_group(ops), b);
     }
 
+    /// async_apply that gives up after `timeout`: completes with asio::error::timed_out, having
+    /// applied nothing. The deadline is checked on the poll service's ticks, so the completion
+    /// may come up to one backoff period (at most max_sleep) after it.
+    template <boost::asio::completion_token_for<void(error_code)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_apply_for(operation_list ops, std::chrono::steady_clock::duration timeout,
+                         Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_initiate<Token, void(error_code)>(
+            initiate_wait{this}, token, detail::operation_group(ops), backoff_,
+            std::optional<std::chrono::steady_clock::duration>(timeout));
+    }
+
     /// P: waits until `n` units (1..32767) of semaphore `index` are available and takes them.
     template <boost::asio::completion_token_for<void(error_code)> Token =
                   boost::asio::default_completion_token_t<executor_type>>
@@ -567,8 +587,9 @@ private:
         executor_type get_executor() const noexcept { return self->executor_; }
 
         template <class Handler>
-        void operator()(Handler&& handler, detail::operation_group group, const backoff& b) const {
-            self->start_wait(std::forward<Handler>(handler), std::move(group), b);
+        void operator()(Handler&& handler, detail::operation_group group, const backoff& b,
+                        std::optional<std::chrono::steady_clock::duration> timeout = {}) const {
+            self->start_wait(std::forward<Handler>(handler), std::move(group), b, timeout);
         }
     };
 
@@ -580,7 +601,8 @@ private:
     }
 
     template <class Handler>
-    void start_wait(Handler&& handler, detail::operation_group group, const backoff& b) {
+    void start_wait(Handler&& handler, detail::operation_group group, const backoff& b,
+                    std::optional<std::chrono::steady_clock::duration> timeout) {
         namespace asio = boost::asio;
         error_code ec = validate(group.list());
         if (!ec)
@@ -600,6 +622,8 @@ private:
                 auto slot = asio::get_associated_cancellation_slot(handler);
                 auto* wait = op_type::create(std::move(handler), executor_, id(), size(), owner_,
                                              std::move(group), b);
+                if (timeout)
+                    wait->deadline = std::chrono::steady_clock::now() + *timeout;
                 auto& svc = service();
                 if (slot.is_connected())
                     slot.template emplace<detail::cancel_handler>(svc, wait);

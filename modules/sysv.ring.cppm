@@ -212,7 +212,8 @@ void initialise(std::span<std::byte> segment, const layout& l) noexcept {
 }
 
 bool is_blank(std::span<const std::byte> segment) noexcept {
-    return segment.size() < offsets::header_size || get<std::uint64_t>(segment, offsets::magic) == 0;
+    return segment.size() < offsets::header_size ||
+           get<std::uint64_t>(segment, offsets::magic) == 0;
 }
 
 view view::open(std::span<std::byte> segment, error_code& ec) noexcept {
@@ -244,8 +245,12 @@ std::uint64_t view::load64(std::size_t offset) const noexcept {
 std::uint32_t view::load32(std::size_t offset) const noexcept {
     return get<std::uint32_t>(segment_, offset);
 }
-void view::store64(std::size_t offset, std::uint64_t v) noexcept { put(segment_, offset, v); }
-void view::store32(std::size_t offset, std::uint32_t v) noexcept { put(segment_, offset, v); }
+void view::store64(std::size_t offset, std::uint64_t v) noexcept {
+    put(segment_, offset, v);
+}
+void view::store32(std::size_t offset, std::uint32_t v) noexcept {
+    put(segment_, offset, v);
+}
 
 bool view::fits(std::size_t payload) const noexcept {
     const std::uint64_t head = load64(offsets::head), tail = load64(offsets::tail);
@@ -373,7 +378,9 @@ void view::begin_write(std::uint32_t pid) noexcept {
     store32(offsets::dirty_pid, pid);
     store32(offsets::dirty, 1);
 }
-void view::end_write() noexcept { store32(offsets::dirty, 0); }
+void view::end_write() noexcept {
+    store32(offsets::dirty, 0);
+}
 
 bool view::repair() noexcept {
     if (load32(offsets::dirty) == 0)
@@ -382,9 +389,15 @@ bool view::repair() noexcept {
     store64(offsets::repairs, load64(offsets::repairs) + 1);
     return true;
 }
-std::uint64_t view::repairs() const noexcept { return load64(offsets::repairs); }
-std::uint32_t view::waiting_writers() const noexcept { return load32(offsets::waiting_writers); }
-void view::set_waiting_writers(std::uint32_t n) noexcept { store32(offsets::waiting_writers, n); }
+std::uint64_t view::repairs() const noexcept {
+    return load64(offsets::repairs);
+}
+std::uint32_t view::waiting_writers() const noexcept {
+    return load32(offsets::waiting_writers);
+}
+void view::set_waiting_writers(std::uint32_t n) noexcept {
+    store32(offsets::waiting_writers, n);
+}
 
 void view::join(std::size_t slot, std::uint32_t pid, std::string_view label) noexcept {
     if (slot >= layout_.max_readers)

@@ -303,6 +303,23 @@ BOOST_AUTO_TEST_CASE(the_handler_runs_on_its_associated_executor) {
     BOOST_TEST(releaser.wait().exited_with(0));
 }
 
+BOOST_AUTO_TEST_CASE(apply_for_times_out_without_applying_anything) {
+    sysv_test::ipc_guard guard;
+    asio::io_context io;
+    sysv::async_semaphore_set set(io, make_set(guard, {1, 0}));
+    std::vector<error_code> results;
+    set.async_apply_for({sysv::op::acquire(0), sysv::op::acquire(1)}, 30ms,
+                        [&](error_code ec) { results.push_back(ec); });
+    set.async_apply_for(sysv::op::acquire(0), 10s, [&](error_code ec) { results.push_back(ec); });
+    const auto start = std::chrono::steady_clock::now();
+    io.run();
+    BOOST_REQUIRE(results.size() == 2u);
+    BOOST_TEST(!results[0]); // the second wait completed at once (fast path)
+    BOOST_TEST((results[1] == asio::error::timed_out));
+    BOOST_TEST((std::chrono::steady_clock::now() - start >= 30ms)); // not early
+    BOOST_TEST((set.values() == std::vector<int>{0, 0}));
+}
+
 BOOST_AUTO_TEST_CASE(a_release_in_this_process_wakes_local_waiters_at_once) {
     sysv_test::ipc_guard guard;
     asio::io_context io;
