@@ -153,6 +153,10 @@ public:
             return "shared data failed validation";
         case errc::not_open:
             return "the handle is not open";
+        case errc::messages_missed:
+            return "messages were dropped before this reader read them";
+        case errc::no_free_slot:
+            return "every reader slot of the channel is taken";
         }
         return "unknown sysv error " + std::to_string(value);
     }

@@ -68,6 +68,11 @@ enum class errc {
     corrupt_segment,
     /// The handle is not open (default-constructed, moved from, or after remove()).
     not_open,
+    /// A channel reader did not keep up: messages were dropped before it read them (the count
+    /// comes with the result). The reader continues with the oldest message still available.
+    messages_missed,
+    /// A channel has no free reader slot.
+    no_free_slot,
 };
 
 /// The category of sysv::errc; its name is "sysv".

@@ -24,6 +24,7 @@ module;
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -57,7 +58,7 @@ namespace offsets {
 inline constexpr std::size_t magic = 0, version = 8, max_readers = 12, max_message_size = 16,
                              capacity = 24, head = 32, head_seq = 40, tail = 48, tail_seq = 56,
                              dirty = 64, dirty_pid = 68, waiting_writers = 72, repairs = 80,
-                             header_size = 128;
+                             full_since = 88, header_size = 128;
 inline constexpr std::size_t cursor = 0, cursor_seq = 8, pid = 16, in_use = 20, sleeping = 24,
                              label = 32, entry_size = 96;
 } // namespace offsets
@@ -65,6 +66,9 @@ inline constexpr std::size_t cursor = 0, cursor_seq = 8, pid = 16, in_use = 20, 
 /// errc::invalid_argument / limit_exceeded unless the layout is usable: 1..1024 readers,
 /// messages of 1..16 MiB, capacity a multiple of 8 holding at least two largest records.
 error_code validate(const layout& l) noexcept;
+
+/// "readers 32, messages up to 4096 bytes, ring 262144 bytes", plus what validate() objects to.
+std::string describe(const layout& l);
 
 /// Bytes of a segment with this layout (validate() it first).
 std::uint64_t segment_size(const layout& l) noexcept;
@@ -103,9 +107,9 @@ public:
     // ---- writer side ----
     /// Whether a record of `payload` bytes fits without dropping anything.
     bool fits(std::size_t payload) const noexcept;
-    /// Frees what every reader in `live` (slot -> alive) has read: tail moves up to the
+    /// Frees what every reader in `live` (slot -> alive, non-zero) has read: tail moves up to the
     /// slowest live cursor (or to head when no reader is live).
-    void collect(std::span<const bool> live) noexcept;
+    void collect(std::span<const std::uint8_t> live) noexcept;
     /// Drops the oldest records until `payload` fits; returns how many were dropped. Readers
     /// behind the new tail will see them as missed. errc::corrupt_segment if a record is bad
     /// (the ring is then emptied: tail = head).
@@ -123,6 +127,11 @@ public:
     std::uint64_t repairs() const noexcept;
     std::uint32_t waiting_writers() const noexcept;
     void set_waiting_writers(std::uint32_t n) noexcept;
+    /// When (steady clock, ns) writers first found the ring full with nothing left to free;
+    /// 0 while it is not. Shared by all writers, so the grace for a slow reader is counted
+    /// once, not per message.
+    std::uint64_t full_since() const noexcept;
+    void set_full_since(std::uint64_t ns) noexcept;
 
     // ---- reader side ----
     /// Takes reader slot `slot`: cursor at head (only messages from now on).
@@ -183,6 +192,22 @@ error_code validate(const layout& l) noexcept {
     if (l.capacity < 2 * record_size(l.max_message_size))
         return make_error_code(errc::invalid_argument);
     return {};
+}
+
+std::string describe(const layout& l) {
+    std::string s = "readers " + std::to_string(l.max_readers) + ", messages up to " +
+                    std::to_string(l.max_message_size) + " bytes, ring " +
+                    std::to_string(l.capacity) + " bytes";
+    if (l.max_readers < 1 || l.max_readers > 1024)
+        s += "; readers must be 1..1024";
+    if (l.max_message_size < 1 || l.max_message_size > (16u << 20))
+        s += "; message size must be 1..16 MiB";
+    if (l.capacity % 8 != 0)
+        s += "; the ring size must be a multiple of 8";
+    else if (l.capacity < 2 * record_size(l.max_message_size))
+        s += "; the ring must hold at least two of the largest records (" +
+             std::to_string(2 * record_size(l.max_message_size)) + " bytes)";
+    return s;
 }
 
 std::uint64_t segment_size(const layout& l) noexcept {
@@ -264,7 +289,7 @@ bool view::fits(std::size_t payload) const noexcept {
     return layout_.capacity - (head - tail) >= need;
 }
 
-void view::collect(std::span<const bool> live) noexcept {
+void view::collect(std::span<const std::uint8_t> live) noexcept {
     const std::uint64_t head = load64(offsets::head), tail = load64(offsets::tail);
     const std::uint64_t head_seq = load64(offsets::head_seq), tail_seq = load64(offsets::tail_seq);
     if (tail > head || head - tail > layout_.capacity || tail_seq > head_seq) {
@@ -397,6 +422,12 @@ std::uint32_t view::waiting_writers() const noexcept {
 }
 void view::set_waiting_writers(std::uint32_t n) noexcept {
     store32(offsets::waiting_writers, n);
+}
+std::uint64_t view::full_since() const noexcept {
+    return load64(offsets::full_since);
+}
+void view::set_full_since(std::uint64_t ns) noexcept {
+    store64(offsets::full_since, ns);
 }
 
 void view::join(std::size_t slot, std::uint32_t pid, std::string_view label) noexcept {

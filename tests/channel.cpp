@@ -1,0 +1,368 @@
+// sysv::channel between real processes: broadcast, order, backpressure, crashes (SIGKILL while
+// sending and while holding the lock), a stopped reader, and cleanup by the last member.
+#include "harness.hpp"
+
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+import sysv;
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+using boost::system::error_code;
+
+namespace {
+
+std::string text_of(const sysv::channel_message& m) {
+    return std::string(m.text());
+}
+
+/// Runs `body` as a coroutine on a fresh io_context in this process; returns its result, or 97
+/// when it threw (the exception is printed), or 96 when it did not finish within `limit`.
+int run_coroutine(std::function<asio::awaitable<int>(asio::io_context&)> body,
+                  std::chrono::seconds limit = 120s) {
+    asio::io_context io;
+    int result = 96;
+    asio::co_spawn(io, body(io), [&](std::exception_ptr e, int r) {
+        if (e) {
+            try {
+                std::rethrow_exception(e);
+            } catch (const std::exception& ex) {
+                std::fprintf(stderr, "pid %d: %s\n", ::getpid(), ex.what());
+            }
+            result = 97;
+        } else {
+            result = r;
+        }
+    });
+    io.run_for(limit);
+    return result;
+}
+
+/// A barrier between processes: a semaphore set with one semaphore at `n`.
+struct barrier {
+    sysv::semaphore_set set;
+    explicit barrier(sysv_test::ipc_guard& guard, int n)
+        : set(sysv::semaphore_set::create(sysv::key::private_key(), {n})) {
+        guard.semaphores(set);
+    }
+    void arrive_and_wait() {
+        set.apply(sysv::op::acquire(0));
+        set.apply(sysv::op::wait_zero(0));
+    }
+};
+
+sysv::channel_options options_with(std::uint32_t readers, std::uint64_t capacity,
+                                   std::chrono::milliseconds grace) {
+    sysv::channel_options o;
+    o.shape.max_readers = readers;
+    o.shape.capacity = capacity;
+    o.slow_reader_grace = grace;
+    return o;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(channel)
+
+BOOST_AUTO_TEST_CASE(two_processes_exchange_messages_and_the_last_one_removes_the_channel) {
+    sysv_test::ipc_guard guard;
+    const sysv::key k(guard.temp_key());
+    barrier joined(guard, 2);
+    sysv_test::child peer([&] {
+        return run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
+            auto ch = sysv::channel::open_or_create(io.get_executor(), k);
+            co_await ch.async_join("peer", asio::use_awaitable);
+            joined.arrive_and_wait();
+            for (int i = 0; i < 100; ++i) {
+                const std::string text = "message " + std::to_string(i);
+                co_await ch.async_send(asio::buffer(text), asio::use_awaitable);
+            }
+            auto reply = co_await ch.async_receive(asio::use_awaitable);
+            while (text_of(reply).rfind("message", 0) == 0) // our own messages come back too
+                reply = co_await ch.async_receive(asio::use_awaitable);
+            SYSV_CHILD_CHECK(text_of(reply) == "thanks");
+            auto [ec, removed] = co_await ch.async_leave(asio::as_tuple(asio::use_awaitable));
+            SYSV_CHILD_CHECK(!ec && !removed);
+            co_return 0;
+        });
+    });
+    int segment_id = -1, set_id = -1;
+    const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
+        auto ch = sysv::channel::open_or_create(io.get_executor(), k);
+        segment_id = ch.segment().id();
+        set_id = ch.semaphores().id();
+        guard.memory_id(segment_id);
+        guard.semaphore_id(set_id);
+        co_await ch.async_join("parent", asio::use_awaitable);
+        joined.arrive_and_wait();
+        for (int i = 0; i < 100; ++i) {
+            auto m = co_await ch.async_receive(asio::use_awaitable);
+            BOOST_TEST(text_of(m) == "message " + std::to_string(i));
+            BOOST_TEST(m.sender_pid == static_cast<std::uint32_t>(peer.pid()));
+        }
+        const std::string thanks = "thanks";
+        co_await ch.async_send(asio::buffer(thanks), asio::use_awaitable);
+        BOOST_TEST(peer.wait().exited_with(0));
+        auto members = co_await ch.async_members(asio::use_awaitable);
+        BOOST_TEST(members.size() == 1u);
+        BOOST_TEST(members.at(0).label == "parent");
+        const bool removed = co_await ch.async_leave(asio::use_awaitable);
+        BOOST_TEST(removed);
+        co_return 0;
+    });
+    BOOST_TEST(rc == 0);
+    BOOST_TEST(!sysv_test::segment_exists(segment_id));
+    BOOST_TEST(!sysv_test::semaphore_set_exists(set_id));
+}
+
+BOOST_AUTO_TEST_CASE(sixteen_participants_each_receive_every_message_once_in_order) {
+    constexpr int participants = 16, messages = 1000;
+    sysv_test::ipc_guard guard;
+    const sysv::key k(guard.temp_key());
+    barrier joined(guard, participants);
+    // A long grace: with 16 processes on 2 cores, readers fall behind; writers must wait for
+    // them (backpressure), not drop.
+    const auto options = options_with(32, 64 * 1024, 60s);
+    {
+        auto ch = sysv::channel::open_or_create(asio::system_executor(), k, options);
+        guard.memory_id(ch.segment().id());
+        guard.semaphore_id(ch.semaphores().id());
+    }
+    std::vector<std::unique_ptr<sysv_test::child>> children;
+    for (int p = 0; p < participants; ++p)
+        children.push_back(std::make_unique<sysv_test::child>([&, p] {
+            return run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
+                auto ch = sysv::channel::open_or_create(io.get_executor(), k, options);
+                co_await ch.async_join("p" + std::to_string(p), asio::use_awaitable);
+                joined.arrive_and_wait();
+                asio::co_spawn(
+                    io,
+                    [&]() -> asio::awaitable<void> {
+                        for (int i = 0; i < messages; ++i) {
+                            const std::string text = std::to_string(p) + ":" + std::to_string(i);
+                            co_await ch.async_send(asio::buffer(text), asio::use_awaitable);
+                        }
+                    },
+                    asio::detached);
+                std::map<int, int> next; // sender -> next expected index
+                int received = 0;
+                while (received < participants * messages) {
+                    auto m = co_await ch.async_receive(asio::use_awaitable);
+                    const auto text = text_of(m);
+                    const auto colon = text.find(':');
+                    SYSV_CHILD_CHECK(colon != std::string::npos);
+                    const int sender = std::stoi(text.substr(0, colon));
+                    const int index = std::stoi(text.substr(colon + 1));
+                    SYSV_CHILD_CHECK(index == next[sender]); // in order, exactly once
+                    ++next[sender];
+                    ++received;
+                }
+                for (int s = 0; s < participants; ++s)
+                    SYSV_CHILD_CHECK(next[s] == messages);
+                co_await ch.async_leave(asio::use_awaitable);
+                co_return 0;
+            });
+        }));
+    for (auto& c : children)
+        BOOST_TEST(c->wait_for(300s).exited_with(0));
+}
+
+BOOST_AUTO_TEST_CASE(a_participant_killed_mid_stream_or_holding_the_lock_does_not_stop_the_others) {
+    sysv_test::ipc_guard guard;
+    const sysv::key k(guard.temp_key());
+    const auto options = options_with(8, 16 * 1024, 2000ms);
+    barrier joined(guard, 2);
+    // The victim joins, then sends as fast as it can until it is killed.
+    sysv_test::child sender([&] {
+        return run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
+            auto ch = sysv::channel::open_or_create(io.get_executor(), k, options);
+            co_await ch.async_join("victim", asio::use_awaitable);
+            joined.arrive_and_wait();
+            for (int i = 0;; ++i) {
+                const std::string text = "spam " + std::to_string(i);
+                co_await ch.async_send(asio::buffer(text), asio::use_awaitable);
+            }
+        });
+    });
+    const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
+        auto ch = sysv::channel::open_or_create(io.get_executor(), k, options);
+        guard.memory_id(ch.segment().id());
+        guard.semaphore_id(ch.semaphores().id());
+        co_await ch.async_join("survivor", asio::use_awaitable);
+        joined.arrive_and_wait();
+        int last = -1;
+        for (int i = 0; i < 500; ++i) {
+            auto m = co_await ch.async_receive(asio::use_awaitable);
+            const int index = std::stoi(text_of(m).substr(5));
+            BOOST_REQUIRE(index == last + 1);
+            last = index;
+        }
+        sender.kill(SIGKILL); // mid-stream: maybe inside the lock, maybe mid-write
+        BOOST_TEST(sender.wait().killed_by(SIGKILL));
+        // Whatever it left: the lock is free again (SEM_UNDO), the ring consistent.
+        const std::string marker = "marker";
+        co_await ch.async_send(asio::buffer(marker), asio::use_awaitable);
+        for (;;) {
+            auto [ec, m] = co_await ch.async_receive(asio::as_tuple(asio::use_awaitable));
+            BOOST_REQUIRE(!ec);
+            if (text_of(m) == marker)
+                break;
+            const int index = std::stoi(text_of(m).substr(5));
+            BOOST_REQUIRE(index == last + 1);
+            last = index;
+        }
+        auto lost = co_await ch.async_reap_lost(asio::use_awaitable);
+        BOOST_REQUIRE(lost.size() == 1u);
+        BOOST_TEST(lost[0].label == "victim");
+        BOOST_TEST(lost[0].pid == static_cast<std::uint32_t>(sender.pid()));
+        BOOST_TEST((co_await ch.async_reap_lost(asio::use_awaitable)).empty()); // reported once
+
+        // Now a process dies holding the lock, in the middle of a write.
+        sysv_test::child holder([&] {
+            auto set = sysv::semaphore_set::open(k);
+            set.apply(sysv::op::acquire(0).undo());
+            auto memory = sysv::shared_memory::open(k).attach();
+            sysv::error_code ec;
+            auto view = sysv::ring::view::open(memory.bytes(), ec);
+            view.begin_write(static_cast<std::uint32_t>(::getpid()));
+            const auto offset = sysv::ring::offsets::header_size +
+                                8 * sysv::ring::offsets::entry_size +
+                                view.head() % view.shape().capacity;
+            std::memset(memory.bytes().data() + offset, 0x55, 24); // half a record
+            ::raise(SIGKILL);
+            return 1;
+        });
+        BOOST_TEST(holder.wait().killed_by(SIGKILL));
+        const std::string after = "after the crashes";
+        co_await ch.async_send(asio::buffer(after), asio::use_awaitable);
+        auto m = co_await ch.async_receive(asio::use_awaitable);
+        BOOST_TEST(text_of(m) == after); // the half-written record never became visible
+        auto memory = sysv::shared_memory::open(k).attach(sysv::access::read_only);
+        BOOST_TEST(memory.as<std::uint64_t>(sysv::ring::offsets::repairs) >= 1u);
+        co_await ch.async_leave(asio::use_awaitable);
+        co_return 0;
+    });
+    BOOST_TEST(rc == 0);
+}
+
+BOOST_AUTO_TEST_CASE(a_stopped_reader_stalls_writers_only_for_the_grace_and_learns_what_it_missed) {
+    sysv_test::ipc_guard guard;
+    const sysv::key k(guard.temp_key());
+    auto options = options_with(4, 4096, 300ms);
+    options.shape.max_message_size = 256;
+    barrier joined(guard, 2);
+    sysv_test::child reader([&] {
+        return run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
+            auto ch = sysv::channel::open_or_create(io.get_executor(), k, options);
+            co_await ch.async_join("sleepy", asio::use_awaitable);
+            joined.arrive_and_wait();
+            ::raise(SIGSTOP); // the parent sends while this process is stopped
+            std::uint64_t missed = 0;
+            std::string last;
+            while (last != "last") {
+                auto [ec, m] = co_await ch.async_receive(asio::as_tuple(asio::use_awaitable));
+                if (ec == sysv::errc::messages_missed)
+                    missed += m.missed;
+                else if (ec)
+                    co_return 2;
+                else
+                    last = text_of(m);
+            }
+            co_return missed > 0 ? 0 : 3;
+        });
+    });
+    const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
+        auto ch = sysv::channel::open_or_create(io.get_executor(), k, options);
+        guard.memory_id(ch.segment().id());
+        guard.semaphore_id(ch.semaphores().id());
+        joined.arrive_and_wait();
+        int status = 0;
+        while (::waitpid(reader.pid(), &status, WUNTRACED) == -1 && errno == EINTR) {
+        }
+        BOOST_REQUIRE(WIFSTOPPED(status));
+        // Far more than the ring holds: the writer waits for the stopped reader, gives up
+        // after the grace, drops the oldest, and carries on.
+        const std::string text(100, 'x');
+        const auto start = std::chrono::steady_clock::now();
+        for (int i = 0; i < 200; ++i)
+            co_await ch.async_send(asio::buffer(text), asio::use_awaitable);
+        const std::string last = "last";
+        co_await ch.async_send(asio::buffer(last), asio::use_awaitable);
+        const auto took = std::chrono::steady_clock::now() - start;
+        BOOST_TEST((took >= 300ms)); // it did wait for the reader (backpressure) ...
+        ::kill(reader.pid(), SIGCONT);
+        co_return 0;
+    });
+    BOOST_TEST(rc == 0); // ... and was not stalled forever (the coroutine finished)
+    BOOST_TEST(reader.wait_for(60s).exited_with(0));
+}
+
+BOOST_AUTO_TEST_CASE(a_channel_left_by_crashed_members_is_recycled_and_then_removed) {
+    sysv_test::ipc_guard guard;
+    const sysv::key k(guard.temp_key());
+    int segment_id = -1, set_id = -1;
+    for (int i = 0; i < 2; ++i) {
+        sysv_test::child crasher([&] {
+            return run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
+                auto ch = sysv::channel::open_or_create(io.get_executor(), k);
+                co_await ch.async_join("crasher", asio::use_awaitable);
+                ::raise(SIGKILL);
+                co_return 1;
+            });
+        });
+        BOOST_TEST(crasher.wait().killed_by(SIGKILL));
+    }
+    const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
+        auto ch = sysv::channel::open_or_create(io.get_executor(), k);
+        segment_id = ch.segment().id();
+        set_id = ch.semaphores().id();
+        guard.memory_id(segment_id);
+        guard.semaphore_id(set_id);
+        BOOST_TEST(ch.semaphores().value(2) == 0); // the crashed members were undone
+        co_await ch.async_join("survivor", asio::use_awaitable);
+        auto lost = co_await ch.async_reap_lost(asio::use_awaitable);
+        BOOST_TEST(lost.size() == 2u);
+        const std::string hello = "still works";
+        co_await ch.async_send(asio::buffer(hello), asio::use_awaitable);
+        BOOST_TEST(text_of(co_await ch.async_receive(asio::use_awaitable)) == hello);
+        BOOST_TEST(co_await ch.async_leave(asio::use_awaitable));
+        co_return 0;
+    });
+    BOOST_TEST(rc == 0);
+    BOOST_TEST(!sysv_test::segment_exists(segment_id));
+    BOOST_TEST(!sysv_test::semaphore_set_exists(set_id));
+}
+
+BOOST_AUTO_TEST_CASE(misuse_and_foreign_channels_give_clear_errors) {
+    sysv_test::ipc_guard guard;
+    const sysv::key k(guard.temp_key());
+    asio::io_context io;
+    auto ch = sysv::channel::open_or_create(io.get_executor(), k);
+    guard.memory_id(ch.segment().id());
+    guard.semaphore_id(ch.semaphores().id());
+    // Another shape at the same key.
+    auto other = options_with(8, 64 * 1024, 1000ms);
+    try {
+        sysv::channel::open_or_create(io.get_executor(), k, other);
+        BOOST_FAIL("a channel of another shape was adopted");
+    } catch (const sysv::system_error& e) {
+        BOOST_TEST((e.code() == sysv::errc::foreign_object));
+        BOOST_TEST(std::string(e.what()).find(sysv::to_string(k)) != std::string::npos);
+    }
+    std::vector<error_code> results;
+    const std::string big(ch.shape().max_message_size + 1, 'b');
+    ch.async_send(asio::buffer(big), [&](error_code ec) { results.push_back(ec); });
+    ch.async_receive([&](error_code ec, sysv::channel_message) { results.push_back(ec); });
+    ch.async_leave([&](error_code ec, bool) { results.push_back(ec); });
+    BOOST_TEST(results.empty()); // never completed from the initiating function
+    io.run();
+    BOOST_REQUIRE(results.size() == 3u);
+    BOOST_TEST((results[0] == sysv::errc::limit_exceeded));
+    BOOST_TEST((results[1] == sysv::errc::invalid_argument)); // receive before join
+    BOOST_TEST((results[2] == sysv::errc::invalid_argument)); // leave before join
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -1,0 +1,272 @@
+// The channel's ring as plain code over a byte buffer: layout, wrap-around, backpressure,
+// dropping for slow readers, and malformed contents (the segment is untrusted input).
+#include "harness.hpp"
+
+#include <cstring>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+import sysv;
+
+namespace ring = sysv::ring;
+
+namespace {
+
+struct test_ring {
+    ring::layout shape;
+    std::vector<std::byte> memory;
+    ring::view view;
+
+    static ring::view make(std::vector<std::byte>& memory, const ring::layout& shape) {
+        memory.assign(ring::segment_size(shape), std::byte{0});
+        ring::initialise(memory, shape);
+        sysv::error_code ec;
+        auto v = ring::view::open(memory, ec);
+        BOOST_REQUIRE(!ec);
+        return v;
+    }
+    explicit test_ring(ring::layout l) : shape(l), view(make(memory, l)) {}
+
+    void send(const std::string& text, std::uint32_t pid = 1) {
+        if (!view.fits(text.size())) { // as a writer does: free what the readers consumed
+            const std::vector<std::uint8_t> live(shape.max_readers, 1);
+            view.collect(live);
+        }
+        BOOST_REQUIRE(view.fits(text.size()));
+        sysv::error_code ec;
+        view.append(std::as_bytes(std::span(text)), pid, ec);
+        BOOST_REQUIRE(!ec);
+    }
+    std::vector<std::string> receive(std::size_t slot, std::uint64_t* missed = nullptr,
+                                     sysv::error_code* error = nullptr) {
+        std::vector<ring::message> out;
+        std::uint64_t m = 0;
+        sysv::error_code ec;
+        view.read(slot, out, m, 100000, ec);
+        if (missed)
+            *missed = m;
+        if (error)
+            *error = ec;
+        else
+            BOOST_REQUIRE(!ec);
+        std::vector<std::string> texts;
+        for (auto& msg : out)
+            texts.emplace_back(reinterpret_cast<const char*>(msg.bytes.data()), msg.bytes.size());
+        return texts;
+    }
+};
+
+ring::layout small_layout() {
+    return ring::layout{4, 64, 512};
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(ring_logic)
+
+BOOST_AUTO_TEST_CASE(layouts_are_validated) {
+    BOOST_TEST(!ring::validate(ring::layout{}));
+    BOOST_TEST((ring::validate(ring::layout{0, 64, 512}) == sysv::errc::invalid_argument));
+    BOOST_TEST((ring::validate(ring::layout{4, 64, 100}) == sysv::errc::invalid_argument));
+    BOOST_TEST((ring::validate(ring::layout{4, 256, 512}) == sysv::errc::invalid_argument));
+    BOOST_TEST((ring::validate(ring::layout{5000, 64, 512}) == sysv::errc::limit_exceeded));
+    BOOST_TEST(ring::segment_size(ring::layout{2, 64, 512}) == 128u + 2 * 96u + 512u);
+}
+
+BOOST_AUTO_TEST_CASE(every_reader_gets_every_message_in_order) {
+    test_ring r(small_layout());
+    r.view.join(0, 10, "alice");
+    r.send("before bob joined");
+    r.view.join(1, 11, "bob");
+    r.send("one");
+    r.send("two", 2);
+    BOOST_TEST((r.receive(0) == std::vector<std::string>{"before bob joined", "one", "two"}));
+    BOOST_TEST((r.receive(1) == std::vector<std::string>{"one", "two"}));
+    BOOST_TEST(r.receive(0).empty());
+    BOOST_TEST(r.view.label(0) == "alice");
+    BOOST_TEST(r.view.pid(1) == 11u);
+    BOOST_TEST(r.view.head_sequence() == 3u);
+}
+
+BOOST_AUTO_TEST_CASE(records_wrap_around_the_ring_many_times) {
+    test_ring r(small_layout());
+    r.view.join(0, 1, "reader");
+    const std::uint8_t live[] = {1, 0, 0, 0};
+    std::mt19937 random(3);
+    for (int i = 0; i < 2000; ++i) {
+        std::string text(random() % 65, static_cast<char>('a' + i % 26));
+        r.view.collect(live);
+        BOOST_REQUIRE(r.view.fits(text.size()));
+        r.send(text);
+        auto got = r.receive(0);
+        BOOST_REQUIRE(got.size() == 1u);
+        BOOST_REQUIRE(got[0] == text);
+    }
+    BOOST_TEST(r.view.head() > 10 * r.shape.capacity);
+}
+
+BOOST_AUTO_TEST_CASE(a_live_reader_holds_space_until_it_reads) {
+    test_ring r(small_layout());
+    r.view.join(0, 1, "slow");
+    const std::uint8_t live[] = {1, 0, 0, 0};
+    int sent = 0;
+    for (; r.view.fits(40); ++sent)
+        r.send(std::string(40, 'x'));
+    BOOST_TEST(sent > 0);
+    r.view.collect(live);
+    BOOST_TEST(!r.view.fits(40)); // nothing was read: nothing to free
+    BOOST_TEST(r.receive(0).size() == static_cast<std::size_t>(sent));
+    r.view.collect(live);
+    BOOST_TEST(r.view.fits(40));
+    // A dead reader (not live) does not hold space.
+    r.view.join(1, 2, "dead");
+    for (; r.view.fits(40);)
+        r.send(std::string(40, 'y'));
+    const std::uint8_t only_reader_zero[] = {1, 0, 0, 0};
+    r.receive(0);
+    r.view.collect(only_reader_zero);
+    BOOST_TEST(r.view.fits(40));
+}
+
+BOOST_AUTO_TEST_CASE(dropping_for_a_slow_reader_reports_the_missed_count) {
+    test_ring r(small_layout());
+    r.view.join(0, 1, "slow");
+    r.view.join(1, 2, "fast");
+    for (int i = 0; r.view.fits(40); ++i)
+        r.send("m" + std::to_string(i) + std::string(38, '.'));
+    const auto all = r.receive(1);
+    sysv::error_code ec;
+    const auto dropped = r.view.drop_oldest(40, ec);
+    BOOST_TEST(!ec);
+    BOOST_TEST(dropped >= 1u);
+    r.send("newest" + std::string(34, '.'));
+    std::uint64_t missed = 0;
+    const auto got = r.receive(0, &missed);
+    BOOST_TEST(missed == dropped);
+    BOOST_REQUIRE(!got.empty());
+    BOOST_TEST(got.front() == all[dropped]); // continues with the oldest still available
+    BOOST_TEST(got.back().substr(0, 6) == "newest");
+    BOOST_TEST(got.size() + missed == all.size() + 1);
+    BOOST_TEST(r.receive(1).size() == 1u); // the fast reader lost nothing
+}
+
+BOOST_AUTO_TEST_CASE(an_interrupted_write_is_repaired_and_invisible) {
+    test_ring r(small_layout());
+    r.view.join(0, 1, "reader");
+    r.send("complete");
+    // A writer marks the write, scribbles part of a record beyond head, and dies.
+    r.view.begin_write(99);
+    const auto offset = ring::offsets::header_size + 4 * ring::offsets::entry_size +
+                        r.view.head() % r.shape.capacity;
+    std::memset(r.memory.data() + offset, 0x7f, 20);
+    BOOST_TEST(r.view.repair());
+    BOOST_TEST(!r.view.repair());
+    BOOST_TEST(r.view.repairs() == 1u);
+    BOOST_TEST((r.receive(0) == std::vector<std::string>{"complete"}));
+    r.send("next");
+    BOOST_TEST((r.receive(0) == std::vector<std::string>{"next"}));
+}
+
+BOOST_AUTO_TEST_CASE(foreign_and_truncated_segments_are_refused) {
+    std::vector<std::byte> memory(ring::segment_size(small_layout()));
+    sysv::error_code ec;
+    BOOST_TEST(ring::is_blank(memory));
+    ring::view::open(memory, ec);
+    BOOST_TEST((ec == sysv::errc::foreign_object));
+    ring::initialise(memory, small_layout());
+    BOOST_TEST(!ring::is_blank(memory));
+    // A header claiming more than the real segment holds.
+    ring::view::open(std::span(memory).first(memory.size() - 8), ec);
+    BOOST_TEST((ec == sysv::errc::corrupt_segment));
+    ring::view::open(std::span(memory).first(64), ec);
+    BOOST_TEST((ec == sysv::errc::corrupt_segment));
+    // Capacity rewritten to something huge.
+    const std::uint64_t huge = std::uint64_t(1) << 60;
+    std::memcpy(memory.data() + ring::offsets::capacity, &huge, 8);
+    ring::view::open(memory, ec);
+    BOOST_TEST((ec == sysv::errc::corrupt_segment));
+}
+
+BOOST_AUTO_TEST_CASE(malformed_records_and_cursors_give_clear_errors) {
+    auto corrupt_and_read = [](auto&& damage) {
+        test_ring r(small_layout());
+        r.view.join(0, 1, "reader");
+        r.send("first");
+        r.send("second");
+        damage(r);
+        sysv::error_code ec;
+        std::uint64_t missed = 0;
+        r.receive(0, &missed, &ec);
+        BOOST_TEST((ec == sysv::errc::corrupt_segment));
+        // The reader recovers: the next message is read normally.
+        r.send("after");
+        BOOST_TEST((r.receive(0, &missed, &ec) == std::vector<std::string>{"after"}));
+        BOOST_TEST(!ec);
+    };
+    const std::size_t ring_start = ring::offsets::header_size + 4 * ring::offsets::entry_size;
+    const std::size_t cursor = ring::offsets::header_size + ring::offsets::cursor;
+    corrupt_and_read([&](test_ring& r) { // length beyond the message limit
+        const std::uint32_t bad = 1000;
+        std::memcpy(r.memory.data() + ring_start, &bad, 4);
+    });
+    corrupt_and_read([&](test_ring& r) { // wrong sequence number
+        const std::uint64_t bad = 77;
+        std::memcpy(r.memory.data() + ring_start + 8, &bad, 8);
+    });
+    corrupt_and_read([&](test_ring& r) { // cursor beyond head
+        const std::uint64_t bad = 1u << 30;
+        std::memcpy(r.memory.data() + cursor, &bad, 8);
+    });
+    corrupt_and_read([&](test_ring& r) { // cursor in the middle of a record
+        const std::uint64_t bad = 8;
+        std::memcpy(r.memory.data() + cursor, &bad, 8);
+    });
+    corrupt_and_read([&](test_ring& r) { // tail after head
+        const std::uint64_t bad = 1u << 20;
+        std::memcpy(r.memory.data() + ring::offsets::tail, &bad, 8);
+    });
+}
+
+// Random damage to a live ring (a cheap, always-on cousin of the libFuzzer target): nothing may
+// crash or read out of bounds (run under the asan preset), and errors are corrupt_segment.
+BOOST_AUTO_TEST_CASE(random_damage_never_crashes) {
+    std::mt19937_64 random(12345);
+    int errors = 0;
+    for (int round = 0; round < 3000; ++round) {
+        test_ring r(small_layout());
+        for (std::size_t slot = 0; slot < 4; ++slot)
+            r.view.join(slot, 1, "reader");
+        for (int i = 0, n = static_cast<int>(random() % 12); i < n && r.view.fits(30); ++i)
+            r.send(std::string(random() % 30, 'z'));
+        for (int hits = 0, n = 1 + static_cast<int>(random() % 4); hits < n; ++hits)
+            r.memory[random() % r.memory.size()] = static_cast<std::byte>(random());
+        sysv::error_code ec;
+        auto view = ring::view::open(r.memory, ec);
+        if (ec)
+            continue;
+        const std::uint8_t live[] = {1, 1, 1, 1};
+        view.repair();
+        view.collect(live);
+        for (std::size_t slot = 0; slot < 4; ++slot) {
+            std::vector<ring::message> out;
+            std::uint64_t missed = 0;
+            view.read(slot, out, missed, 1000, ec);
+            errors += ec ? 1 : 0;
+            BOOST_REQUIRE((!ec || ec == sysv::errc::corrupt_segment));
+            for (auto& m : out)
+                BOOST_REQUIRE(m.bytes.size() <= r.shape.max_message_size);
+            (void)view.label(slot);
+        }
+        view.drop_oldest(60, ec);
+        BOOST_REQUIRE((!ec || ec == sysv::errc::corrupt_segment));
+        if (view.fits(10)) {
+            const std::string text = "ok";
+            view.append(std::as_bytes(std::span(text)), 1, ec);
+        }
+    }
+    BOOST_TEST(errors > 0); // the damage did reach the reader's checks
+}
+
+BOOST_AUTO_TEST_SUITE_END()
