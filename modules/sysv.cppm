@@ -1066,8 +1066,18 @@ public:
             detail::throw_error(ec, "channel remove", set_.description());
     }
 
-    /// Aborts this object's pending waits (operation_aborted).
+    /// Aborts this object's pending waits (operation_aborted); operations continue to be
+    /// accepted.
     void cancel() { set_.cancel(); }
+
+    /// Aborts every operation of this object, pending or between two steps, and refuses new
+    /// ones (operation_aborted). A step that has just taken the lock gives it back first. The
+    /// kernel objects stay (see async_leave and remove()).
+    void close() {
+        closed_ = true;
+        set_.cancel();
+    }
+    bool is_closed() const noexcept { return closed_; }
 
 private:
     basic_channel(const executor_type& ex, const channel_options& options)
@@ -1112,6 +1122,19 @@ private:
             }
     }
 
+    /// After close(): an operation re-entering with the lock just taken gives it back; every
+    /// operation then completes with operation_aborted.
+    bool closed_at_step(bool lock_taken) {
+        if (!closed_)
+            return false;
+        if (lock_taken) {
+            error_code ignored;
+            unlock(ignored);
+        }
+        return true;
+    }
+    static error_code aborted() noexcept { return boost::asio::error::operation_aborted; }
+
     /// Defers a completion decided in an initiating function: the operation is posted to the
     /// channel's executor and completes from there (never inline).
     template <class Self, class Result>
@@ -1131,6 +1154,14 @@ private:
             auto& ch = *self;
             if (deferred)
                 return handler.complete(*deferred);
+            if (!locking && ch.closed_)
+                return ch.defer(handler, deferred, aborted());
+            if (locking && ch.closed_at_step(!ec)) {
+                error_code ignored;
+                ch.set_.try_apply(op::release(ch.sems_.slot(ch.slot_)).undo(), ignored);
+                ch.slot_ = no_slot;
+                return handler.complete(aborted());
+            }
             if (!locking) {
                 if (ch.slot_ != no_slot || !ch.set_.is_open())
                     return ch.defer(handler, deferred,
@@ -1193,6 +1224,10 @@ private:
             auto& ch = *self;
             if (deferred)
                 return handler.complete(*deferred, false);
+            if (!locking && ch.closed_)
+                return ch.defer(handler, deferred, aborted());
+            if (locking && ch.closed_at_step(!ec))
+                return handler.complete(aborted(), false);
             if (!locking) {
                 if (ch.slot_ == no_slot)
                     return ch.defer(handler, deferred, make_error_code(errc::invalid_argument));
@@ -1236,6 +1271,10 @@ private:
             auto& ch = *self;
             if (deferred)
                 return handler.complete(*deferred);
+            if (state == start && ch.closed_)
+                return ch.defer(handler, deferred, aborted());
+            if (state != start && ch.closed_at_step(state == locking && !ec))
+                return handler.complete(aborted());
             switch (state) {
             case start:
                 if (message.size() > ch.options_.shape.max_message_size)
@@ -1333,6 +1372,10 @@ private:
             auto& ch = *self;
             if (deferred)
                 return handler.complete(deferred->first, std::move(deferred->second));
+            if (state == start && ch.closed_)
+                return ch.defer(handler, deferred, std::pair(aborted(), channel_message{}));
+            if (state != start && ch.closed_at_step(state == locking && !ec))
+                return handler.complete(aborted(), channel_message{});
             switch (state) {
             case start:
                 if (ch.slot_ == no_slot)
@@ -1406,6 +1449,11 @@ private:
             auto& ch = *self;
             if (deferred)
                 return handler.complete(deferred->first, std::move(deferred->second));
+            if (!locking && ch.closed_)
+                return ch.defer(handler, deferred,
+                                std::pair(aborted(), std::vector<ring::member>{}));
+            if (locking && ch.closed_at_step(!ec))
+                return handler.complete(aborted(), std::vector<ring::member>{});
             if (!locking) {
                 if (!ch.set_.is_open())
                     return ch.defer(
@@ -1465,6 +1513,7 @@ private:
     std::deque<ring::message> inbox_;
     std::uint64_t pending_missed_ = 0;
     std::vector<ring::member> lost_;
+    bool closed_ = false;
 };
 
 using channel = basic_channel<>;
