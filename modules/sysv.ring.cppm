@@ -168,6 +168,14 @@ private:
     std::size_t ring_offset() const noexcept {
         return offsets::header_size + layout_.max_readers * offsets::entry_size;
     }
+    /// Empties the ring after finding it inconsistent: head rounded up to a record boundary,
+    /// tail = head. Readers behind it resynchronise on their next read.
+    void reset_to_head() noexcept {
+        const std::uint64_t head = (load64(offsets::head) + 7) & ~std::uint64_t(7);
+        store64(offsets::head, head);
+        store64(offsets::tail, head);
+        store64(offsets::tail_seq, load64(offsets::head_seq));
+    }
     /// Parses the record at absolute position `pos` (must be < limit): its size in the ring
     /// (a wrap marker counts as the rest of the lap) and whether it is a message.
     bool parse(std::uint64_t pos, std::uint64_t limit, std::uint64_t expected_seq,
@@ -279,7 +287,8 @@ void view::store32(std::size_t offset, std::uint32_t v) noexcept {
 
 bool view::fits(std::size_t payload) const noexcept {
     const std::uint64_t head = load64(offsets::head), tail = load64(offsets::tail);
-    if (tail > head || head - tail > layout_.capacity || payload > layout_.max_message_size)
+    if (tail > head || head - tail > layout_.capacity || payload > layout_.max_message_size ||
+        head % 8 != 0 || tail % 8 != 0)
         return false;
     // Worst case the record also needs a wrap marker filling the rest of the lap.
     const std::uint64_t offset = head % layout_.capacity;
@@ -292,9 +301,9 @@ bool view::fits(std::size_t payload) const noexcept {
 void view::collect(std::span<const std::uint8_t> live) noexcept {
     const std::uint64_t head = load64(offsets::head), tail = load64(offsets::tail);
     const std::uint64_t head_seq = load64(offsets::head_seq), tail_seq = load64(offsets::tail_seq);
-    if (tail > head || head - tail > layout_.capacity || tail_seq > head_seq) {
-        store64(offsets::tail, head); // inconsistent: drop everything rather than trust it
-        store64(offsets::tail_seq, head_seq);
+    if (tail > head || head - tail > layout_.capacity || tail_seq > head_seq || head % 8 != 0 ||
+        tail % 8 != 0) {
+        reset_to_head(); // inconsistent: drop everything rather than trust it
         return;
     }
     std::uint64_t new_tail = head, new_seq = head_seq;
@@ -304,7 +313,7 @@ void view::collect(std::span<const std::uint8_t> live) noexcept {
             continue;
         const std::uint64_t cursor = load64(entry(slot) + offsets::cursor);
         const std::uint64_t seq = load64(entry(slot) + offsets::cursor_seq);
-        if (cursor < tail || cursor > head || seq < tail_seq || seq > head_seq)
+        if (cursor < tail || cursor > head || seq < tail_seq || seq > head_seq || cursor % 8 != 0)
             continue; // behind tail (it missed messages) or corrupt: it resyncs when it reads
         if (cursor < new_tail) {
             new_tail = cursor;
@@ -319,6 +328,9 @@ void view::collect(std::span<const std::uint8_t> live) noexcept {
 
 bool view::parse(std::uint64_t pos, std::uint64_t limit, std::uint64_t expected_seq,
                  std::uint64_t& size, bool& is_message) const noexcept {
+    if (pos % 8 != 0)
+        return false;
+    // Aligned and capacity % 8 == 0: offset <= capacity - 8, so the length field is inside.
     const std::uint64_t offset = pos % layout_.capacity;
     const std::size_t base = ring_offset();
     const std::uint32_t length = load32(base + offset);
@@ -341,10 +353,11 @@ std::uint64_t view::drop_oldest(std::size_t payload, error_code& ec) noexcept {
     std::uint64_t dropped = 0;
     const std::uint64_t head = load64(offsets::head), head_seq = load64(offsets::head_seq);
     std::uint64_t tail = load64(offsets::tail), tail_seq = load64(offsets::tail_seq);
-    if (tail > head || head - tail > layout_.capacity || tail_seq > head_seq) {
+    if (tail > head || head - tail > layout_.capacity || tail_seq > head_seq || head % 8 != 0 ||
+        tail % 8 != 0) {
         ec = make_error_code(errc::corrupt_segment);
-        tail = head;
-        tail_seq = head_seq;
+        reset_to_head();
+        return 0;
     }
     // Bounded: every step moves tail forward by at least 8 bytes towards head.
     while (!ec && !fits(payload) && tail < head) {
@@ -353,9 +366,8 @@ std::uint64_t view::drop_oldest(std::size_t payload, error_code& ec) noexcept {
         if (!parse(tail, head, tail_seq, size, is_message)) {
             ec = make_error_code(errc::corrupt_segment);
             dropped += head_seq - tail_seq;
-            tail = head;
-            tail_seq = head_seq;
-            break;
+            reset_to_head();
+            return dropped;
         }
         tail += size;
         if (is_message) {
@@ -495,7 +507,8 @@ void view::read(std::size_t slot, std::vector<message>& out, std::uint64_t& miss
         store64(e + offsets::cursor, head);
         store64(e + offsets::cursor_seq, head_seq);
     };
-    if (tail > head || head - tail > layout_.capacity || tail_seq > head_seq) {
+    if (tail > head || head - tail > layout_.capacity || tail_seq > head_seq || head % 8 != 0 ||
+        tail % 8 != 0) {
         resync();
         return;
     }

@@ -1,0 +1,94 @@
+// libFuzzer target for the channel's ring (sysv.ring): every reader of shared-memory contents
+// must survive arbitrary bytes written by another process. The input builds a valid ring (so
+// the fuzzer gets past the header checks), then overwrites bytes of it anywhere, then runs
+// every operation a reader or writer performs under the channel's lock. ASan and UBSan turn any
+// out-of-bounds access or undefined behaviour into a crash.
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <vector>
+
+import sysv.core;
+import sysv.ring;
+
+namespace {
+
+class input {
+public:
+    input(const std::uint8_t* data, std::size_t size) : data_(data), size_(size) {}
+    template <class T>
+    T take() {
+        T v{};
+        const std::size_t n = std::min(sizeof v, size_ - used_);
+        std::memcpy(&v, data_ + used_, n);
+        used_ += n;
+        return v;
+    }
+    bool empty() const { return used_ >= size_; }
+
+private:
+    const std::uint8_t* data_;
+    std::size_t size_;
+    std::size_t used_ = 0;
+};
+
+} // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    namespace ring = sysv::ring;
+    input in(data, size);
+    ring::layout shape;
+    shape.max_readers = 1 + in.take<std::uint8_t>() % 8;
+    shape.max_message_size = 1 + in.take<std::uint8_t>();
+    shape.capacity =
+        (2 * ring::record_size(shape.max_message_size) + 8 * (in.take<std::uint8_t>() % 64));
+    std::vector<std::byte> memory(ring::segment_size(shape) + in.take<std::uint8_t>() % 16);
+    ring::initialise(memory, shape);
+    sysv::error_code ec;
+    auto writer = ring::view::open(memory, ec);
+    if (ec)
+        __builtin_trap(); // a ring we just initialised must open
+    for (std::size_t r = 0; r < shape.max_readers; ++r)
+        writer.join(r, 1, "fuzz");
+    // Some valid traffic first.
+    const int messages = in.take<std::uint8_t>() % 16;
+    std::vector<std::byte> payload(shape.max_message_size, std::byte{'p'});
+    for (int i = 0; i < messages; ++i) {
+        const std::size_t length = in.take<std::uint8_t>() % (shape.max_message_size + 1);
+        if (!writer.fits(length))
+            writer.drop_oldest(length, ec);
+        if (writer.fits(length))
+            writer.append(std::span(payload).first(length), 1, ec);
+    }
+    // Then another process scribbles anywhere in the segment (header, table, ring).
+    while (!in.empty()) {
+        const auto at = in.take<std::uint32_t>() % memory.size();
+        const auto width = 1 + in.take<std::uint8_t>() % 8;
+        for (std::size_t i = 0; i < width && at + i < memory.size(); ++i)
+            memory[at + i] = static_cast<std::byte>(in.take<std::uint8_t>());
+    }
+    // Everything a participant does with the lock held.
+    auto view = ring::view::open(memory, ec);
+    if (ec)
+        return 0; // refused: that is a valid outcome
+    view.repair();
+    std::vector<std::uint8_t> live(view.shape().max_readers, 1);
+    view.collect(live);
+    for (std::size_t r = 0; r < view.shape().max_readers + 1; ++r) {
+        std::vector<ring::message> out;
+        std::uint64_t missed = 0;
+        view.read(r, out, missed, 64, ec);
+        for (const auto& m : out)
+            if (m.bytes.size() > view.shape().max_message_size)
+                __builtin_trap();
+        (void)view.label(r);
+        (void)view.take_sleeping(r);
+    }
+    view.drop_oldest(view.shape().max_message_size, ec);
+    if (view.fits(4)) {
+        const std::byte text[4] = {};
+        view.append(text, 2, ec);
+    }
+    return 0;
+}
