@@ -424,7 +424,9 @@ BOOST_AUTO_TEST_CASE(cancellation_racing_success_never_loses_a_unit) {
         auto s = sysv::semaphore_set::open_id(id);
         std::minstd_rand random(42);
         for (int i = 0; i < units; ++i) {
-            s.apply(sysv::op::release(0));
+            // One unit at a time (only once the last was taken), so the consumer keeps
+            // waiting and its timeouts keep racing the releases.
+            s.apply({sysv::op::wait_zero(0), sysv::op::release(0)});
             if (random() % 4 == 0)
                 std::this_thread::sleep_for(std::chrono::microseconds(random() % 200));
         }
