@@ -59,7 +59,9 @@ std::size_t count(const std::string& haystack, const std::string& needle) {
     return n;
 }
 
-int run(const std::string& command) { return std::system(command.c_str()); }
+int run(const std::string& command) {
+    return std::system(command.c_str());
+}
 
 std::string capture(const std::string& command) {
     std::string out;
@@ -116,7 +118,8 @@ BOOST_AUTO_TEST_CASE(hostile_text_never_reaches_the_terminal_and_long_lines_are_
     BOOST_REQUIRE(alice.wait_for("joined room"));
     chat::participant mallory(chat_binary(), room.name(), "mal\x1b[2Jlory");
     BOOST_REQUIRE(alice.wait_for(" joined"));
-    mallory.say("\x1b]0;pwned\x07\x1b[31mred\x1b[0m \x9b" "1m bell\x07 tab\t del\x7f caf\xc3\xa9");
+    mallory.say("\x1b]0;pwned\x07\x1b[31mred\x1b[0m \x9b"
+                "1m bell\x07 tab\t del\x7f caf\xc3\xa9");
     BOOST_REQUIRE(alice.wait_for("bell"));
     mallory.say(std::string(5000, 'x'));
     BOOST_TEST(mallory.wait_for("error: line too long"));

@@ -24,26 +24,9 @@ import sysv;
 
 namespace {
 
-constexpr std::chrono::milliseconds patience{10000}; // detects hangs; nothing is timed
+using sysv_test::eventually;
 
-/// Runs `statement`, which must throw boost::system::system_error with `expected` as code and
-/// every one of `needles` in what(). Returns what() ("" if nothing was thrown).
-template <class Expected>
-std::string check_thrown(const std::function<void()>& statement, const Expected& expected,
-                         std::initializer_list<std::string_view> needles) {
-    try {
-        statement();
-    } catch (const boost::system::system_error& e) {
-        const std::string what = e.what();
-        BOOST_TEST((e.code() == expected), "code " << e.code() << " in: " << what);
-        for (std::string_view needle : needles)
-            BOOST_TEST(what.find(needle) != std::string::npos,
-                       "\"" << needle << "\" missing in: " << what);
-        return what;
-    }
-    BOOST_ERROR("no boost::system::system_error was thrown");
-    return {};
-}
+using sysv_test::check_thrown;
 
 /// The same for a forked child (no Boost.Test there): prints what is wrong, returns false.
 template <class Expected>
@@ -70,17 +53,6 @@ bool child_thrown(const char* label, const std::function<void()>& statement,
 
 const boost::system::error_code system_error_code(int err) {
     return boost::system::error_code(err, boost::system::system_category());
-}
-
-template <class Condition>
-bool eventually(Condition condition, std::chrono::milliseconds limit = patience) {
-    const auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!condition()) {
-        if (std::chrono::steady_clock::now() > deadline)
-            return false;
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    return true;
 }
 
 /// In a forked child: become nobody (uid and gid 65534, no supplementary groups).

@@ -23,24 +23,7 @@ import sysv;
 
 namespace {
 
-/// Runs `statement`, which must throw boost::system::system_error with `expected` as code and
-/// every one of `needles` in what(). Returns what() ("" if nothing was thrown).
-template <class Expected>
-std::string check_thrown(const std::function<void()>& statement, const Expected& expected,
-                         std::initializer_list<std::string_view> needles) {
-    try {
-        statement();
-    } catch (const boost::system::system_error& e) {
-        const std::string what = e.what();
-        BOOST_TEST((e.code() == expected), "code " << e.code() << " in: " << what);
-        for (std::string_view needle : needles)
-            BOOST_TEST(what.find(needle) != std::string::npos,
-                       "\"" << needle << "\" missing in: " << what);
-        return what;
-    }
-    BOOST_ERROR("no boost::system::system_error was thrown");
-    return {};
-}
+using sysv_test::check_thrown;
 
 sysv::shared_memory make_segment(sysv_test::ipc_guard& guard, std::size_t size,
                                  mode_t mode = 0600) {

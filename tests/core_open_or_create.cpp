@@ -24,29 +24,12 @@ import sysv;
 
 namespace {
 
+using sysv_test::check_thrown;
+
 constexpr std::chrono::milliseconds patience{10000}; // detects hangs; nothing is timed
 
 std::vector<int> ints(std::initializer_list<int> values) {
     return std::vector<int>(values);
-}
-
-/// Runs `statement`, which must throw boost::system::system_error with `expected` as code and
-/// every one of `needles` in what(). Returns what() ("" if nothing was thrown).
-template <class Expected>
-std::string check_thrown(const std::function<void()>& statement, const Expected& expected,
-                         std::initializer_list<std::string_view> needles) {
-    try {
-        statement();
-    } catch (const boost::system::system_error& e) {
-        const std::string what = e.what();
-        BOOST_TEST((e.code() == expected), "code " << e.code() << " in: " << what);
-        for (std::string_view needle : needles)
-            BOOST_TEST(what.find(needle) != std::string::npos,
-                       "\"" << needle << "\" missing in: " << what);
-        return what;
-    }
-    BOOST_ERROR("no boost::system::system_error was thrown");
-    return {};
 }
 
 /// Reads exactly `size` bytes or fails after `timeout` (or at end of file).

@@ -20,6 +20,8 @@ import sysv;
 
 namespace {
 
+using sysv_test::eventually;
+
 // How long to wait for another process before declaring the test failed. It detects hangs;
 // no test asserts how fast anything is.
 constexpr std::chrono::milliseconds patience{10000};
@@ -80,18 +82,6 @@ private:
     int read_end_ = -1;
     int write_end_ = -1;
 };
-
-/// Polls `condition` every millisecond until it holds (true) or `limit` passes (false).
-template <class Condition>
-bool eventually(Condition condition, std::chrono::milliseconds limit = patience) {
-    const auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!condition()) {
-        if (std::chrono::steady_clock::now() > deadline)
-            return false;
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    return true;
-}
 
 /// True while the child has not ended (does not reap it).
 bool still_running(const sysv_test::child& c) {

@@ -24,7 +24,9 @@
 #include <exception>
 #include <filesystem>
 #include <functional>
+#include <initializer_list>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -223,6 +225,39 @@ inline bool semaphore_set_exists(int id) {
 inline bool segment_exists(int id) {
     shmid_ds ds{};
     return ::shmctl(id, IPC_STAT, &ds) != -1 || (errno != EINVAL && errno != EIDRM);
+}
+
+/// Runs `statement`, which must throw boost::system::system_error with `expected` as code and
+/// every one of `needles` in what(). Returns what() ("" if nothing was thrown).
+template <class Expected>
+std::string check_thrown(const std::function<void()>& statement, const Expected& expected,
+                         std::initializer_list<std::string_view> needles) {
+    try {
+        statement();
+    } catch (const boost::system::system_error& e) {
+        const std::string what = e.what();
+        BOOST_TEST((e.code() == expected), "code " << e.code() << " in: " << what);
+        for (std::string_view needle : needles)
+            BOOST_TEST(what.find(needle) != std::string::npos,
+                       "\"" << needle << "\" missing in: " << what);
+        return what;
+    }
+    BOOST_ERROR("no boost::system::system_error was thrown");
+    return {};
+}
+
+/// Polls `condition` every millisecond until it holds (true) or `limit` passes (false): for
+/// waiting on another process's state; a limit detects hangs, nothing is timed.
+template <class Condition>
+bool eventually(Condition condition,
+                std::chrono::milliseconds limit = std::chrono::milliseconds(10000)) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (!condition()) {
+        if (std::chrono::steady_clock::now() > deadline)
+            return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return true;
 }
 
 /// Runs a coroutine test body on a fresh io_context until it and everything it spawned ends;
