@@ -127,7 +127,9 @@ BOOST_AUTO_TEST_CASE(sixteen_participants_each_receive_every_message_once_in_ord
     // them (backpressure), not drop.
     const auto options = options_with(32, 64 * 1024, 60s);
     {
-        auto ch = sysv::channel::open_or_create(asio::system_executor(), k, options);
+        // Not system_executor: its thread pool would make the forks below unsafe.
+        asio::io_context setup;
+        auto ch = sysv::channel::open_or_create(setup.get_executor(), k, options);
         guard.memory_id(ch.segment().id());
         guard.semaphore_id(ch.semaphores().id());
     }
