@@ -33,6 +33,17 @@
 
 namespace sysv_test {
 
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SYSV_TEST_UNDER_TSAN 1
+#endif
+#endif
+#ifdef SYSV_TEST_UNDER_TSAN
+inline constexpr bool under_thread_sanitizer = true;
+#else
+inline constexpr bool under_thread_sanitizer = false;
+#endif
+
 /// How a child process ended.
 struct exit_status {
     int code = -1;  ///< exit code, or -1 if killed by a signal
