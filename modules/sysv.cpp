@@ -104,8 +104,10 @@ void poll_service::unlink(pending_wait* w) {
 void poll_service::start(pending_wait* w, const asio::any_io_executor& ex) {
     std::unique_lock lock(mutex_);
     if (!executor_) {
-        executor_ = ex;
-        timer_.emplace(ex);
+        // Untracked: the service's own passes and timer must not keep run() from returning
+        // once no wait is pending (each pending wait tracks work on its handler's executor).
+        executor_ = asio::prefer(ex, asio::execution::outstanding_work.untracked);
+        timer_.emplace(*executor_);
     }
     if (w->cancel_requested || shut_down_) {
         w->done = true;

@@ -303,6 +303,29 @@ BOOST_AUTO_TEST_CASE(the_handler_runs_on_its_associated_executor) {
     BOOST_TEST(releaser.wait().exited_with(0));
 }
 
+BOOST_AUTO_TEST_CASE(run_returns_once_waits_are_done_even_with_a_work_tracking_executor) {
+    sysv_test::ipc_guard guard;
+    auto raw = make_set(guard, {0});
+    auto releaser = release_later(raw.id(), 20ms, sysv::op::release(0));
+    asio::io_context io;
+    // An executor that tracks work: the poll service must not keep it (and so run()) alive.
+    auto set = std::make_unique<sysv::async_semaphore_set>(
+        asio::prefer(io.get_executor(), asio::execution::outstanding_work.tracked), std::move(raw));
+    bool done = false;
+    set->async_acquire(0, [&](error_code ec) {
+        done = !ec;
+        set.reset(); // the object (and its executor copy) go away with the last wait
+    });
+    std::thread watchdog_free_run([&] { io.run(); });
+    BOOST_TEST(sysv_test::eventually([&] { return done; }));
+    BOOST_TEST(sysv_test::eventually([&] { return io.stopped(); }));
+    if (!io.stopped())
+        io.stop();
+    watchdog_free_run.join();
+    BOOST_TEST(done);
+    BOOST_TEST(releaser.wait().exited_with(0));
+}
+
 BOOST_AUTO_TEST_CASE(apply_for_times_out_without_applying_anything) {
     sysv_test::ipc_guard guard;
     asio::io_context io;
