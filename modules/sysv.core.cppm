@@ -220,7 +220,10 @@ public:
     ~basic_attachment() { detach(); }
 
     /// The whole segment.
-    std::span<Byte> bytes() const noexcept { return {address_, size_}; }
+    /// Views into the mapping live as long as the attachment: they are only available from a
+    /// named attachment (`segment.attach().bytes()` would dangle, so it does not compile).
+    std::span<Byte> bytes() const& noexcept { return {address_, size_}; }
+    std::span<Byte> bytes() const&& = delete;
     std::size_t size() const noexcept { return size_; }
     bool is_attached() const noexcept { return address_ != nullptr; }
 
@@ -229,19 +232,19 @@ public:
     /// returns a pointer: null on error.
     template <class T>
         requires std::is_trivially_copyable_v<T>
-    auto* as(std::size_t offset, error_code& ec) const noexcept {
+    auto* as(std::size_t offset, error_code& ec) const& noexcept {
         return as_array<T>(1, offset, ec).data();
     }
     template <class T>
         requires std::is_trivially_copyable_v<T>
-    auto& as(std::size_t offset = 0) const {
+    auto& as(std::size_t offset = 0) const& {
         return *as_array<T>(1, offset).data();
     }
 
     /// `count` Ts starting at `offset`; same checks as as().
     template <class T>
         requires std::is_trivially_copyable_v<T>
-    auto as_array(std::size_t count, std::size_t offset, error_code& ec) const noexcept {
+    auto as_array(std::size_t count, std::size_t offset, error_code& ec) const& noexcept {
         using value_type = std::conditional_t<std::is_const_v<Byte>, const T, T>;
         ec = check_layout(offset, count, sizeof(T), alignof(T));
         if (ec)
@@ -250,13 +253,18 @@ public:
     }
     template <class T>
         requires std::is_trivially_copyable_v<T>
-    auto as_array(std::size_t count, std::size_t offset = 0) const {
+    auto as_array(std::size_t count, std::size_t offset = 0) const& {
         error_code ec;
         auto result = as_array<T>(count, offset, ec);
         if (ec)
             throw_layout_error(ec, offset, count, sizeof(T), alignof(T));
         return result;
     }
+
+    template <class T>
+    void as(std::size_t = 0) const&& = delete;
+    template <class T>
+    void as_array(std::size_t, std::size_t = 0) const&& = delete;
 
     /// Detaches now (also done by the destructor). Never fails for a valid attachment.
     void detach() noexcept {

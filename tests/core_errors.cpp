@@ -267,12 +267,14 @@ BOOST_AUTO_TEST_CASE(another_user_may_use_objects_shared_with_it) {
         auto mine = sysv::semaphore_set::open(k);
         mine.apply(sysv::op::acquire(0));
         auto memory = sysv::shared_memory::open(k);
-        memory.attach().as<int>(0) = 17;
+        auto view = memory.attach();
+        view.as<int>(0) = 17;
         return 0;
     });
     BOOST_TEST(status.exited_with(0), status);
     BOOST_TEST(set.value(0) == 0);
-    BOOST_TEST(segment.attach(sysv::access::read_only).as<int>(0) == 17);
+    const auto reader = segment.attach(sysv::access::read_only);
+    BOOST_TEST(reader.as<int>(0) == 17);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -101,6 +101,16 @@ BOOST_AUTO_TEST_SUITE_END()
 // Shared memory
 // ---------------------------------------------------------------------------------------------
 
+// Views of a temporary attachment would dangle (it detaches at the end of the expression):
+// they do not compile.
+template <class A>
+concept views_of_temporary = requires(A&& a) { std::move(a).bytes(); } || requires(A&& a) {
+    std::move(a).template as<int>(0);
+} || requires(A&& a) { std::move(a).template as_array<int>(1, 0); };
+static_assert(!views_of_temporary<sysv::attachment>);
+static_assert(!views_of_temporary<sysv::read_only_attachment>);
+static_assert(requires(const sysv::attachment& a) { a.bytes(); });
+
 BOOST_AUTO_TEST_SUITE(core_shared_memory)
 
 BOOST_AUTO_TEST_CASE(create_open_and_open_id_reach_the_same_segment) {
@@ -123,7 +133,8 @@ BOOST_AUTO_TEST_CASE(create_open_and_open_id_reach_the_same_segment) {
 
     auto writer = created.attach();
     writer.as<std::uint32_t>(996) = 0xfeedbeef;
-    BOOST_TEST(by_id.attach(sysv::access::read_only).as<std::uint32_t>(996) == 0xfeedbeefu);
+    const auto reader = by_id.attach(sysv::access::read_only);
+    BOOST_TEST(reader.as<std::uint32_t>(996) == 0xfeedbeefu);
 
     // A private segment is reachable through its id only.
     auto hidden = sysv::shared_memory::create(sysv::key::private_key(), 64);
@@ -138,14 +149,18 @@ BOOST_AUTO_TEST_CASE(open_or_create_creates_then_opens_ours) {
     guard.memory(first);
     BOOST_TEST(first.size() == 4096u);
     BOOST_TEST(first.stat().owner.mode == 0600u);
-    first.attach().as<std::uint64_t>(8) = 42;
+    {
+        auto view = first.attach();
+        view.as<std::uint64_t>(8) = 42;
+    }
 
     auto second = sysv::shared_memory::open_or_create(k, 4096);
     BOOST_TEST(second.id() == first.id());
     auto smaller = sysv::shared_memory::open_or_create(k, 100); // at least 100 bytes: fine
     BOOST_TEST(smaller.id() == first.id());
-    BOOST_TEST(smaller.size() == 4096u);                      // the real size
-    BOOST_TEST(smaller.attach().as<std::uint64_t>(8) == 42u); // contents kept
+    BOOST_TEST(smaller.size() == 4096u); // the real size
+    const auto kept = smaller.attach();
+    BOOST_TEST(kept.as<std::uint64_t>(8) == 42u); // contents kept
 
     sysv::error_code ec = sysv::errc::removed;
     auto third = sysv::shared_memory::open_or_create(k, 4096, ec);
@@ -216,7 +231,8 @@ BOOST_AUTO_TEST_CASE(read_write_and_read_only_attachments_share_bytes_with_a_chi
         auto view = mine.attach(sysv::access::read_only);
         SYSV_CHILD_CHECK(view.as<std::uint64_t>(8) == 0x1234u);
         SYSV_CHILD_CHECK(rw.as<std::uint64_t>(8) == 0x1234u); // the inherited mapping too
-        mine.attach().as<std::uint64_t>(16) = 0x5678;
+        auto writer = mine.attach();
+        writer.as<std::uint64_t>(16) = 0x5678;
         return 0;
     });
     BOOST_TEST(status.exited_with(0), status);
