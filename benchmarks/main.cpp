@@ -459,6 +459,31 @@ std::filesystem::path default_csv() {
     return exe.parent_path().parent_path() / "bench.csv";
 }
 
+/// CPU use of the whole machine from /proc/stat, in seconds: busy (user, nice, system, irq,
+/// softirq) and stolen by the hypervisor.
+struct machine_cpu {
+    double busy = 0, steal = 0;
+};
+machine_cpu read_machine_cpu() {
+    std::ifstream stat("/proc/stat");
+    std::string cpu;
+    double user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+    stat >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
+    const auto hz = static_cast<double>(::sysconf(_SC_CLK_TCK));
+    return {(user + nice + system + irq + softirq) / hz, steal / hz};
+}
+/// CPU time of this process and of its reaped children, in seconds.
+double own_cpu_seconds() {
+    double total = 0;
+    for (int who : {RUSAGE_SELF, RUSAGE_CHILDREN}) {
+        rusage usage{};
+        ::getrusage(who, &usage);
+        total += static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+                 static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) * 1e-6;
+    }
+    return total;
+}
+
 int leftover_objects() {
     int left = 0;
     for (int id : bench::every_set_created) {
@@ -581,6 +606,8 @@ int main(int argc, char** argv) {
         std::printf("\n## %s\n", s.title.c_str());
         std::fflush(stdout);
         const auto begin = std::chrono::steady_clock::now();
+        const auto machine_before = read_machine_cpu();
+        const double own_before = own_cpu_seconds();
         try {
             s.run(ctx);
         } catch (const std::exception& e) {
@@ -592,6 +619,18 @@ int main(int argc, char** argv) {
         const double seconds =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
         ctx.progress("done in " + bench::fmt(seconds, 1) + " s");
+        // Noise check: CPU used meanwhile by other processes of the machine, and steal time.
+        const auto machine_after = read_machine_cpu();
+        const double others =
+            (machine_after.busy - machine_before.busy) - (own_cpu_seconds() - own_before);
+        const double steal = machine_after.steal - machine_before.steal;
+        std::printf("\n_Section time %.0f s; meanwhile other processes used %.0f%% of one core "
+                    "on average, hypervisor steal %.0f%%._\n",
+                    seconds, 100.0 * std::max(0.0, others) / seconds, 100.0 * steal / seconds);
+        ctx.record("machine", "other_processes_cpu", 100.0 * std::max(0.0, others) / seconds,
+                   "% of one core");
+        ctx.record("machine", "steal", 100.0 * steal / seconds, "% of one core");
+        std::fflush(stdout);
     }
 
     if (!ctx.targets().empty()) {
