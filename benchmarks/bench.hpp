@@ -58,6 +58,7 @@ struct options {
     long rounds = 0;    ///< 0: the section's default (iterations per run)
     double seconds = 0; ///< 0: the section's default (measuring time where time-based)
     std::optional<backoff_spec> custom_backoff;
+    std::string placement; ///< ping-pong: "any", "two" or "one" CPUs; empty: all three
 
     /// Whether row `id` is selected by --row (always true without --row).
     bool wants(std::string_view id) const;

@@ -320,17 +320,27 @@ void watchdog(unsigned seconds, const char* what) noexcept {
 pid_t child::start_fork() {
     std::fflush(nullptr);
     const pid_t parent = ::getpid();
+    // SIGCHLD waits until the child is tracked (a child failing at once is noticed).
+    sigset_t chld, old;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    ::sigprocmask(SIG_BLOCK, &chld, &old);
     const pid_t pid = ::fork();
-    if (pid == -1)
-        throw std::system_error(errno, std::generic_category(), "fork");
+    if (pid == -1) {
+        const int err = errno;
+        ::sigprocmask(SIG_SETMASK, &old, nullptr);
+        throw std::system_error(err, std::generic_category(), "fork");
+    }
     if (pid == 0) {
         ::prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (::getppid() != parent) // the parent died before prctl
             ::_exit(97);
         clear_slots(tracked_children);
+        ::sigprocmask(SIG_SETMASK, &old, nullptr);
         return 0;
     }
     track_child(pid);
+    ::sigprocmask(SIG_SETMASK, &old, nullptr);
     return pid;
 }
 
@@ -418,6 +428,8 @@ void usage(std::FILE* out) {
   --backoff Y,F,G,M[,J]
                      also measure rows "custom" with sysv::backoff{Y yields, first_sleep F us,
                      growth G, max_sleep M us, jitter J}
+  --placement P      ping-pong: only the table with the processes placed by the scheduler
+                     (any), pinned to two CPUs (two) or both pinned to one CPU (one)
   --list             list the sections
 )");
 }
@@ -533,7 +545,11 @@ int main(int argc, char** argv) {
                 opt.seconds = std::stod(value());
             else if (arg == "--backoff")
                 opt.custom_backoff = parse_backoff(value());
-            else if (arg == "--list")
+            else if (arg == "--placement") {
+                opt.placement = value();
+                if (opt.placement != "any" && opt.placement != "two" && opt.placement != "one")
+                    throw std::invalid_argument("--placement wants any, two or one");
+            } else if (arg == "--list")
                 list = true;
             else if (arg == "-h" || arg == "--help") {
                 usage(stdout);

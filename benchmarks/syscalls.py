@@ -5,8 +5,9 @@ a ping-pong are counted, children are followed).
     benchmarks/syscalls.py [--binary build/release/benchmarks/sysv_bench] [--quick]
 
 Per round trip: (count of a run of N round trips - count of a run of N/4) / (difference in
-round trips, warm-up included), so process start-up and set-up cancel out (the RTTs of both runs
-are shown: a row whose two runs behave differently gives a mixed count). Per idle second: the
+round trips, warm-up included), so process start-up and set-up cancel out. Ping-pong is counted
+with the processes pinned to two CPUs and to one CPU (sysv_bench --placement), where each row
+behaves the same from run to run. Per idle second: the
 difference between two idle measurements of different lengths, divided by the difference in
 seconds. Prints markdown tables. Needs perf (Debian: linux-perf) and root or
 kernel.perf_event_paranoid <= -1 for the syscall tracepoints.
@@ -81,8 +82,6 @@ def main():
                         default=os.path.join(here, "..", "build", "release", "benchmarks",
                                              "sysv_bench"))
     parser.add_argument("--quick", action="store_true", help="shorter runs")
-    parser.add_argument("--repeat", type=int, default=2,
-                        help="ping-pong measurements per row (default: 2; bistable rows differ)")
     args = parser.parse_args()
     binary = os.path.abspath(args.binary)
 
@@ -90,20 +89,25 @@ def main():
     # busy-polling peer spins while the other process starts, so a run of 1 is no baseline).
     rounds = 4000 if args.quick else 20000
     short_rounds = rounds // 4
-    trips = (rounds + max(200, rounds // 10)) - (short_rounds + max(200, short_rounds // 10))
     results = []
-    for row in ["blocking", "busy_poll", "async_default", "async_latency", "async_cpu", "socket"]:
-        for _ in range(args.repeat if row.startswith("async") else 1):
-            a, short_rows = perf_counts(binary, ["--section", "pingpong", "--row", row, "--runs",
-                                                 "1", "--rounds", str(short_rounds)])
-            b, rows = perf_counts(binary, ["--section", "pingpong", "--row", row, "--runs", "1",
-                                           "--rounds", str(rounds)])
+    for where, suffix in (("two", "@2cpus"), ("one", "@1cpu")):
+        for row in ["blocking", "busy_poll", "async_default", "async_latency", "async_cpu",
+                    "socket"]:
+            n, n_short = rounds, short_rounds
+            if where == "one":
+                if row == "busy_poll":
+                    continue  # spins a whole time slice per turn
+                n, n_short = rounds // 4, short_rounds // 4
+            trips = (n + max(200, n // 10)) - (n_short + max(200, n_short // 10))
+            a, short_rows = perf_counts(binary, ["--section", "pingpong", "--placement", where,
+                                                 "--row", row, "--runs", "1", "--rounds",
+                                                 str(n_short)])
+            b, rows = perf_counts(binary, ["--section", "pingpong", "--placement", where, "--row",
+                                           row, "--runs", "1", "--rounds", str(n)])
             per = {e: (b.get(e, 0) - a.get(e, 0)) / trips for e, _ in EVENTS}
-            note = (f"median / mean RTT {value(rows, row, 'rtt_p50'):.1f} / "
-                    f"{value(rows, row, 'rtt_mean'):.1f} us (short run: "
-                    f"{value(short_rows, row, 'rtt_p50'):.1f} / "
-                    f"{value(short_rows, row, 'rtt_mean'):.1f} us)")
-            results.append((row, note, per))
+            note = (f"median / mean RTT {value(rows, row + suffix, 'rtt_p50'):.1f} / "
+                    f"{value(rows, row + suffix, 'rtt_mean'):.1f} us")
+            results.append((f"{row}, {where} CPU{'s' if where == 'two' else ''}", note, per))
     table("System calls per ping-pong round trip (both processes)", "/RT", results)
 
     # Idle: per second of idle time, one process.
