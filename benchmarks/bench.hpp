@@ -41,10 +41,10 @@ namespace bench {
 /// A backoff given on the command line (--backoff Y,F,G,M[,J]); converted to sysv::backoff by
 /// the sections. Rows named "custom" appear only when it is given.
 struct backoff_spec {
-    unsigned immediate_yields = 16;
-    long first_sleep_us = 50;
+    unsigned immediate_yields = 64;
+    long first_sleep_us = 20;
     double growth = 2.0;
-    long max_sleep_us = 1000;
+    long max_sleep_us = 3000;
     double jitter = 0.0;
     std::string text() const;
 };

@@ -3,6 +3,7 @@ module;
 
 #include <boost/asio.hpp>
 
+#include <sched.h>
 #include <sys/sem.h>
 
 #include <algorithm>
@@ -192,6 +193,10 @@ void poll_service::arm_timer_locked() {
         if (w->deadline && (!earliest || *w->deadline < *earliest))
             earliest = *w->deadline;
     }
+    arm_timer_at_locked(earliest);
+}
+
+void poll_service::arm_timer_at_locked(std::optional<clock::time_point> earliest) {
     if (!earliest) {
         if (timer_at_) {
             timer_->cancel(); // nothing to wait for: let run() return
@@ -216,6 +221,7 @@ void poll_service::arm_timer_locked() {
 
 void poll_service::run_pass() {
     std::vector<std::pair<pending_wait*, error_code>> completed;
+    bool yield_pass = false;
     {
         std::lock_guard lock(mutex_);
         pass_posted_ = false;
@@ -223,17 +229,23 @@ void poll_service::run_pass() {
             return;
         const auto now = clock::now();
         // Waiters that are yielding, or due (a quarter period early: waiters at the same
-        // period converge on the same ticks).
-        std::vector<pending_wait*> candidates;
-        for (pending_wait* w = head_; w != nullptr; w = w->next)
-            if (!w->sleeping || w->due - w->interval / 4 <= now ||
-                (w->deadline && *w->deadline <= now))
+        // period converge on the same ticks), or past their deadline.
+        auto& candidates = candidates_;
+        candidates.clear();
+        for (pending_wait* w = head_; w != nullptr; w = w->next) {
+            if (!w->sleeping) {
+                yield_pass = true;
                 candidates.push_back(w);
-        std::stable_sort(
-            candidates.begin(), candidates.end(),
-            [](const pending_wait* a, const pending_wait* b) { return a->set_id < b->set_id; });
-        std::vector<unsigned short> raw;
-        std::vector<int> values;
+            } else if (w->due - w->interval / 4 <= now || (w->deadline && *w->deadline <= now)) {
+                candidates.push_back(w);
+            }
+        }
+        // Group by set (usually already grouped: one set, or waits started set by set).
+        const auto by_set = [](const pending_wait* a, const pending_wait* b) {
+            return a->set_id < b->set_id;
+        };
+        if (!std::is_sorted(candidates.begin(), candidates.end(), by_set))
+            std::stable_sort(candidates.begin(), candidates.end(), by_set);
         for (auto group = candidates.begin(); group != candidates.end();) {
             const auto group_end =
                 std::find_if(group, candidates.end(),
@@ -242,13 +254,13 @@ void poll_service::run_pass() {
             bool have_snapshot = false;
             error_code set_error;
             if (group_end - group > 1) {
-                raw.assign((*group)->set_size, 0);
+                raw_.assign((*group)->set_size, 0);
                 semun arg{};
-                arg.array = raw.data();
-                if (::semctl((*group)->set_id, 0, GETALL, arg) == -1)
+                arg.array = raw_.data();
+                if (::semctl((*group)->set_id, 0, GETALL, arg) == -1) {
                     set_error = id_error(errno);
-                else {
-                    values.assign(raw.begin(), raw.end());
+                } else {
+                    values_.assign(raw_.begin(), raw_.end());
                     have_snapshot = true;
                 }
             }
@@ -257,7 +269,7 @@ void poll_service::run_pass() {
                 error_code ec = set_error;
                 attempt_result result = attempt_result::failed;
                 if (!set_error) {
-                    if (have_snapshot && !apply_to_snapshot(values, w->ops.span()))
+                    if (have_snapshot && !apply_to_snapshot(values_, w->ops.span()))
                         result = attempt_result::would_block;
                     else
                         result = try_semop(w->set_id, w->ops, ec);
@@ -281,15 +293,28 @@ void poll_service::run_pass() {
             }
             group = group_end;
         }
+        // One walk for what comes next: another yield pass, and the timer.
         bool yielding = false;
-        for (pending_wait* w = head_; w != nullptr && !yielding; w = w->next)
-            yielding = !w->sleeping;
+        std::optional<clock::time_point> earliest;
+        for (pending_wait* w = head_; w != nullptr; w = w->next) {
+            if (!w->sleeping)
+                yielding = true;
+            else if (!earliest || w->due < *earliest)
+                earliest = w->due;
+            if (w->deadline && (!earliest || *w->deadline < *earliest))
+                earliest = *w->deadline;
+        }
         if (yielding)
             post_pass_locked();
-        arm_timer_locked();
+        arm_timer_at_locked(earliest);
     }
     for (auto& [w, ec] : completed)
         w->finish(w, ec, false);
+    // A yield pass that freed nobody: let another runnable thread (a peer process on this
+    // CPU, say the one that will release) run before the next pass. Bounded: each wait yields
+    // at most backoff::immediate_yields times.
+    if (yield_pass && completed.empty())
+        ::sched_yield();
 }
 
 void poll_service::shutdown() {

@@ -55,23 +55,30 @@ export namespace sysv {
 
 /// How an asynchronous wait polls while the semaphores are not available. After the first
 /// attempt (made by the initiating function), the wait retries `immediate_yields` times by
-/// yielding to its executor, then sleeps on a timer: first `first_sleep`, each sleep `growth`
-/// times the previous one, never more than `max_sleep`. With `jitter` j > 0 each sleep is
-/// multiplied by a random factor in [1 - j, 1 + j] (spreads the polls of many processes).
+/// yielding (a pass posted to its executor; a pass that freed nobody also calls sched_yield so
+/// a peer process on the same CPU can run), then sleeps on a timer: first `first_sleep`, each
+/// sleep `growth` times the previous one, never more than `max_sleep`. With `jitter` j > 0
+/// each sleep is multiplied by a random factor in [1 - j, 1 + j] (spreads the polls of many
+/// processes).
 ///
-/// The defaults balance three costs measured by benchmarks/ (see README "Benchmarks"):
-///  * yields: one semop (~1 us here) plus one trip through the executor each; 16 of them cover
-///    the ~4-20 us in which a peer process that is running typically answers, so a ping-pong
-///    between two event loops completes without sleeping;
-///  * first_sleep: an Asio timer of 1 us takes ~16 us to complete here, so sleeps shorter than
-///    ~50 us cost a timer round trip without saving latency;
-///  * max_sleep bounds the extra latency of a wake-up after a long idle period (at most about
-///    one max_sleep) and the idle cost: one poll per max_sleep per set, ~1-3 us each.
+/// The defaults come from benchmarks/ (README "Benchmarks"; 2-CPU VM, `./dev bench`):
+///  * immediate_yields 64: a yield costs ~0.8 us (one semop, one executor round trip), so the
+///    yield phase lasts ~50-70 us, longer than a running peer needs to answer (ping-pong
+///    between two event loops: ~1.5 us round trip on two CPUs, 0.03x a blocked thread's ~46 us;
+///    ~7 us on one CPU, where sched_yield hands the CPU to the peer). 16 yields were too few
+///    when both processes share a CPU (a ~200 us round trip before sched_yield).
+///  * first_sleep 20 us: shorter sleeps cost a timer round trip (~16 us here) for nothing;
+///    doubling from 20 us reaches the cap after ~8 sleeps.
+///  * max_sleep 3 ms: sets both the worst extra latency of a wake-up after long idle (p99 about
+///    max_sleep) and the idle cost: one tick costs ~22 us of CPU (timer, epoll, semop), so one
+///    idle wait costs ~0.7% of a core at 3 ms (2.1% at 1 ms), and 10,000 idle waits on one set
+///    ~4-5% (one GETALL per tick plus a check per waiter). 1,000 waits on 1,000 different sets
+///    cost a semop per set per tick (~9% at 3 ms): group waits on few sets when you can.
 struct backoff {
-    unsigned immediate_yields = 16;
-    std::chrono::microseconds first_sleep{50};
+    unsigned immediate_yields = 64;
+    std::chrono::microseconds first_sleep{20};
     double growth = 2.0;
-    std::chrono::microseconds max_sleep{1000};
+    std::chrono::microseconds max_sleep{3000};
     double jitter = 0.0;
 
     /// errc::invalid_argument unless first_sleep > 0, max_sleep >= first_sleep, growth >= 1 and
@@ -83,13 +90,16 @@ struct backoff {
         return {};
     }
 
-    /// Tuned for latency: more yields, short sleeps (more CPU while waiting).
+    /// Tuned for latency: short sleeps capped at 200 us (wake-up p99 ~0.2-0.4 ms), at ~10% of a
+    /// core per idle wait: for a few latency-critical waits, not for thousands.
     static backoff latency_tuned() noexcept {
         return backoff{64, std::chrono::microseconds(20), 1.5, std::chrono::microseconds(200), 0.0};
     }
-    /// Tuned for CPU: few yields, long sleeps (more latency after idle).
+    /// Tuned for CPU: long sleeps capped at 10 ms (~0.3% of a core per idle wait, wake-up after
+    /// idle up to ~10 ms); keeps 16 yields so an active ping-pong still completes without
+    /// sleeping.
     static backoff cpu_tuned() noexcept {
-        return backoff{2, std::chrono::microseconds(200), 2.0, std::chrono::microseconds(10000),
+        return backoff{16, std::chrono::microseconds(200), 2.0, std::chrono::microseconds(10000),
                        0.0};
     }
 
@@ -288,6 +298,7 @@ private:
     void unlink(pending_wait* w);
     void post_pass_locked();
     void arm_timer_locked();
+    void arm_timer_at_locked(std::optional<std::chrono::steady_clock::time_point> earliest);
     void run_pass();
 
     mutable std::mutex mutex_;
@@ -301,6 +312,10 @@ private:
     std::optional<asio::steady_timer> timer_;
     std::optional<std::chrono::steady_clock::time_point> timer_at_;
     std::minstd_rand random_{0x5eed};
+    // Scratch space of run_pass, kept to avoid allocating on every pass.
+    std::vector<pending_wait*> candidates_;
+    std::vector<unsigned short> raw_;
+    std::vector<int> values_;
 };
 
 /// The typed pending wait: the completion handler and the work that keeps its executor alive.
@@ -1022,6 +1037,20 @@ public:
                                                                    get_executor());
     }
 
+    /// Sends each buffer of `messages` as one message, in order, taking the lock once for as
+    /// many as fit (the cost per message is then a copy, not two semops). Waits for room like
+    /// async_send when the ring is full, and completes when all are sent. The buffers and the
+    /// span's array must stay valid until completion. Completion: `void(error_code)`; a
+    /// message above the size limit fails the whole batch before anything is sent.
+    template <boost::asio::completion_token_for<void(error_code)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto
+    async_send_batch(std::span<const boost::asio::const_buffer> messages,
+                     Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_compose<Token, void(error_code)>(
+            send_op{this, {}, messages.data(), messages.size()}, token, get_executor());
+    }
+
     /// Receives the next message (requires async_join). Completion:
     /// `void(error_code, channel_message)`. errc::messages_missed (with message.missed set)
     /// reports messages dropped because this reader did not keep up; the next receive continues
@@ -1262,9 +1291,17 @@ private:
 
     struct send_op {
         basic_channel* self;
-        boost::asio::const_buffer message;
+        boost::asio::const_buffer single;                 ///< async_send's message
+        const boost::asio::const_buffer* batch = nullptr; ///< async_send_batch's messages
+        std::size_t count = 1;
+        std::size_t next = 0; ///< the first message not sent yet
         enum { start, locking, waiting_for_space } state = start;
         std::optional<error_code> deferred{};
+
+        // Not stored as a span: the operation moves, and `single` with it.
+        const boost::asio::const_buffer& message(std::size_t i) const noexcept {
+            return batch != nullptr ? batch[i] : single;
+        }
 
         template <class Self>
         void operator()(Self& handler, error_code ec = {}) {
@@ -1277,10 +1314,13 @@ private:
                 return handler.complete(aborted());
             switch (state) {
             case start:
-                if (message.size() > ch.options_.shape.max_message_size)
-                    return ch.defer(handler, deferred, make_error_code(errc::limit_exceeded));
+                for (std::size_t i = 0; i < count; ++i)
+                    if (message(i).size() > ch.options_.shape.max_message_size)
+                        return ch.defer(handler, deferred, make_error_code(errc::limit_exceeded));
                 if (!ch.set_.is_open())
                     return ch.defer(handler, deferred, make_error_code(errc::not_open));
+                if (count == 0)
+                    return ch.defer(handler, deferred, error_code{});
                 break;
             case waiting_for_space:
                 if (ec == boost::asio::error::timed_out)
@@ -1297,6 +1337,8 @@ private:
             ch.set_.async_apply(lock_op(), std::move(handler));
         }
 
+        /// Appends as many messages as fit (all of them, unless a live reader holds the ring
+        /// full), rings the sleeping readers' doorbells, and releases the lock in one semop.
         template <class Self>
         void critical_section(Self& handler) {
             auto& ch = *self;
@@ -1308,57 +1350,62 @@ private:
                 return handler.complete(ec);
             }
             view.repair();
-            const auto size = message.size();
-            if (!view.fits(size)) {
-                const auto live = ch.live_slots(ec);
-                if (ec) {
-                    error_code ignored;
-                    ch.unlock(ignored);
-                    return handler.complete(ec);
-                }
-                view.collect(live);
-            }
-            if (view.fits(size)) {
-                if (view.full_since() != 0)
-                    view.set_full_since(0);
-            } else {
-                // The ring is full of what a live reader has not read. Wait for it (it rings
-                // `space` when it reads), but only for the grace period counted from when
-                // writers first found the ring full; then drop the oldest messages.
-                const auto now = static_cast<std::uint64_t>(
-                    std::chrono::steady_clock::now().time_since_epoch().count());
-                std::uint64_t since = view.full_since();
-                if (since == 0 || since > now) { // unset, or nonsense from the segment
-                    since = now;
-                    view.set_full_since(since);
-                }
-                const auto waited = std::chrono::steady_clock::duration(now - since);
-                if (waited < ch.options_.slow_reader_grace) {
-                    view.set_waiting_writers(view.waiting_writers() + 1);
-                    ch.unlock(ec);
+            bool collected = false; // one GETALL per lock hold at most
+            std::optional<std::chrono::steady_clock::duration> wait_for_room;
+            for (; next < count; ++next) {
+                const auto& m = message(next);
+                if (!view.fits(m.size()) && !collected) {
+                    const auto live = ch.live_slots(ec);
                     if (ec)
-                        return handler.complete(ec);
-                    state = waiting_for_space;
-                    ch.set_.async_apply_for(op::acquire(ch.sems_.space),
-                                            ch.options_.slow_reader_grace - waited,
-                                            std::move(handler));
-                    return;
+                        break;
+                    view.collect(live);
+                    collected = true;
                 }
-                error_code corrupt;
-                view.drop_oldest(size, corrupt); // a corrupt ring is emptied: still writable
+                if (view.fits(m.size())) {
+                    if (view.full_since() != 0)
+                        view.set_full_since(0);
+                } else {
+                    // The ring is full of what a live reader has not read. Wait for it (it
+                    // rings `space` when it reads), but only for the grace period counted from
+                    // when writers first found the ring full; then drop the oldest messages.
+                    const auto now = static_cast<std::uint64_t>(
+                        std::chrono::steady_clock::now().time_since_epoch().count());
+                    std::uint64_t since = view.full_since();
+                    if (since == 0 || since > now) { // unset, or nonsense from the segment
+                        since = now;
+                        view.set_full_since(since);
+                    }
+                    const auto waited = std::chrono::steady_clock::duration(now - since);
+                    if (waited < ch.options_.slow_reader_grace) {
+                        wait_for_room = ch.options_.slow_reader_grace - waited;
+                        break;
+                    }
+                    error_code corrupt;
+                    view.drop_oldest(m.size(), corrupt); // a corrupt ring is emptied
+                }
+                view.begin_write(ch.pid_);
+                view.append(
+                    std::span<const std::byte>(static_cast<const std::byte*>(m.data()), m.size()),
+                    ch.pid_, ec);
+                view.end_write();
+                if (ec)
+                    break;
             }
-            view.begin_write(ch.pid_);
-            view.append(
-                std::span<const std::byte>(static_cast<const std::byte*>(message.data()), size),
-                ch.pid_, ec);
-            view.end_write();
             std::vector<operation> extra;
             for (std::size_t r = 0; r < ch.options_.shape.max_readers; ++r)
                 if (view.take_sleeping(r))
                     extra.push_back(op::release(ch.sems_.doorbell(r)));
+            if (wait_for_room && !ec)
+                view.set_waiting_writers(view.waiting_writers() + 1);
             error_code unlock_error;
             ch.unlock(extra, unlock_error);
-            handler.complete(ec ? ec : unlock_error);
+            if (!ec)
+                ec = unlock_error;
+            if (ec || !wait_for_room)
+                return handler.complete(ec);
+            state = waiting_for_space;
+            ch.set_.async_apply_for(op::acquire(ch.sems_.space), *wait_for_room,
+                                    std::move(handler));
         }
     };
 

@@ -338,6 +338,48 @@ BOOST_AUTO_TEST_CASE(a_channel_left_by_crashed_members_is_recycled_and_then_remo
     BOOST_TEST(!sysv_test::semaphore_set_exists(set_id));
 }
 
+BOOST_AUTO_TEST_CASE(a_batch_larger_than_the_ring_arrives_whole_and_in_order) {
+    sysv_test::ipc_guard guard;
+    const sysv::key k(guard.temp_key());
+    auto options = options_with(4, 4096, 60s);
+    options.shape.max_message_size = 64;
+    barrier joined(guard, 2);
+    constexpr int messages = 500; // ~28 KB of records through a 4 KB ring
+    sysv_test::child reader([&] {
+        return run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
+            auto ch = sysv::channel::open_or_create(io.get_executor(), k, options);
+            co_await ch.async_join("reader", asio::use_awaitable);
+            joined.arrive_and_wait();
+            for (int i = 0; i < messages; ++i) {
+                auto m = co_await ch.async_receive(asio::use_awaitable);
+                SYSV_CHILD_CHECK(text_of(m) == "batched message " + std::to_string(i));
+            }
+            co_return 0;
+        });
+    });
+    const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
+        auto ch = sysv::channel::open_or_create(io.get_executor(), k, options);
+        guard.memory_id(ch.segment().id());
+        guard.semaphore_id(ch.semaphores().id());
+        joined.arrive_and_wait();
+        std::vector<std::string> texts;
+        for (int i = 0; i < messages; ++i)
+            texts.push_back("batched message " + std::to_string(i));
+        std::vector<asio::const_buffer> batch;
+        for (const auto& t : texts)
+            batch.push_back(asio::buffer(t));
+        co_await ch.async_send_batch(batch, asio::use_awaitable);
+        // One message too big: nothing of the batch is sent.
+        const std::string big(100, 'b');
+        batch = {asio::buffer(texts[0]), asio::buffer(big)};
+        auto [ec] = co_await ch.async_send_batch(batch, asio::as_tuple(asio::use_awaitable));
+        BOOST_TEST((ec == sysv::errc::limit_exceeded));
+        co_return 0;
+    });
+    BOOST_TEST(rc == 0);
+    BOOST_TEST(reader.wait_for(60s).exited_with(0));
+}
+
 BOOST_AUTO_TEST_CASE(misuse_and_foreign_channels_give_clear_errors) {
     sysv_test::ipc_guard guard;
     const sysv::key k(guard.temp_key());
