@@ -1059,7 +1059,19 @@ public:
                   boost::asio::default_completion_token_t<executor_type>>
     auto async_receive(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
         return boost::asio::async_compose<Token, void(error_code, channel_message)>(
-            receive_op{this}, token, get_executor());
+            receive_op<false>{this}, token, get_executor());
+    }
+
+    /// Receives every message available now (at least one; waits like async_receive when
+    /// there is none): one completion for a whole batch. Completion:
+    /// `void(error_code, std::vector<channel_message>)`; errc::messages_missed comes alone,
+    /// as one message with `missed` set.
+    template <boost::asio::completion_token_for<void(error_code, std::vector<channel_message>)>
+                  Token = boost::asio::default_completion_token_t<executor_type>>
+    auto
+    async_receive_batch(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_compose<Token, void(error_code, std::vector<channel_message>)>(
+            receive_op<true>{this}, token, get_executor());
     }
 
     /// Readers that died without leaving (their slot semaphore was freed by the kernel): each
@@ -1403,16 +1415,25 @@ private:
                 ec = unlock_error;
             if (ec || !wait_for_room)
                 return handler.complete(ec);
+            // Re-check at least every 50 ms even without a ring (belt and braces: a reader that
+            // made room and stopped calling receive cannot ring).
             state = waiting_for_space;
-            ch.set_.async_apply_for(op::acquire(ch.sems_.space), *wait_for_room,
+            ch.set_.async_apply_for(op::acquire(ch.sems_.space),
+                                    std::min<std::chrono::steady_clock::duration>(
+                                        *wait_for_room, std::chrono::milliseconds(50)),
                                     std::move(handler));
         }
     };
 
+    /// async_receive (Batch = false: one message) and async_receive_batch (everything
+    /// buffered).
+    template <bool Batch>
     struct receive_op {
+        using result_type =
+            std::conditional_t<Batch, std::vector<channel_message>, channel_message>;
         basic_channel* self;
         enum { start, locking, sleeping } state = start;
-        std::optional<std::pair<error_code, channel_message>> deferred{};
+        std::optional<std::pair<error_code, result_type>> deferred{};
 
         template <class Self>
         void operator()(Self& handler, error_code ec = {}) {
@@ -1420,19 +1441,23 @@ private:
             if (deferred)
                 return handler.complete(deferred->first, std::move(deferred->second));
             if (state == start && ch.closed_)
-                return ch.defer(handler, deferred, std::pair(aborted(), channel_message{}));
+                return ch.defer(handler, deferred, std::pair(aborted(), result_type{}));
             if (state != start && ch.closed_at_step(state == locking && !ec))
-                return handler.complete(aborted(), channel_message{});
+                return handler.complete(aborted(), result_type{});
             switch (state) {
             case start:
                 if (ch.slot_ == no_slot)
                     return ch.defer(
                         handler, deferred,
-                        std::pair(make_error_code(errc::invalid_argument), channel_message{}));
-                if (ch.pending_missed_ != 0 || !ch.inbox_.empty())
-                    return ch.defer(handler, deferred, ch.next_buffered());
+                        std::pair(make_error_code(errc::invalid_argument), result_type{}));
+                if (ch.pending_missed_ != 0 || !ch.inbox_.empty() || drain_without_lock())
+                    return ch.defer(handler, deferred, ch.template take_buffered<Batch>());
                 break;
             case sleeping:
+                if (!ec && drain_without_lock()) {
+                    auto [result, message] = ch.template take_buffered<Batch>();
+                    return handler.complete(result, std::move(message));
+                }
                 break;
             case locking:
                 if (!ec)
@@ -1440,9 +1465,28 @@ private:
                 break;
             }
             if (ec)
-                return handler.complete(ec, channel_message{});
+                return handler.complete(ec, result_type{});
             state = locking;
             ch.set_.async_apply(lock_op(), std::move(handler));
+        }
+
+        /// The fast path (no syscall): messages between our cursor and head are ours to copy
+        /// without the lock. Not taken when writers wait for room (the locked path wakes them)
+        /// or when anything needs the lock's view (missed messages, a malformed ring).
+        bool drain_without_lock() {
+            auto& ch = *self;
+            error_code ec;
+            auto view = ch.open_view(ec);
+            if (ec || view.waiting_writers() > 0)
+                return false;
+            std::vector<ring::message> batch;
+            if (view.read_unlocked(ch.slot_, batch, max_batch) !=
+                    ring::view::unlocked_read::taken ||
+                batch.empty())
+                return false;
+            for (auto& m : batch)
+                ch.inbox_.push_back(std::move(m));
+            return true;
         }
 
         template <class Self>
@@ -1456,8 +1500,10 @@ private:
                 view.read(ch.slot_, batch, missed, max_batch, ec);
             std::vector<operation> extra;
             const bool progressed = !batch.empty() || missed != 0;
-            if (progressed && view.waiting_writers() > 0) {
-                // Wake the writers waiting for room (they re-check under the lock).
+            if (view.waiting_writers() > 0) {
+                // Wake the writers waiting for room (they re-check under the lock). Even when
+                // this pass read nothing: this reader may have made the room earlier, on its
+                // lock-free path, while the writer was deciding to wait.
                 extra.push_back(op::release(
                     ch.sems_.space,
                     static_cast<int>(std::min<std::uint32_t>(view.waiting_writers(), 1000))));
@@ -1471,7 +1517,7 @@ private:
             if (!ec)
                 ec = unlock_error;
             if (ec)
-                return handler.complete(ec, channel_message{});
+                return handler.complete(ec, result_type{});
             if (sleep) { // until a writer rings this reader's doorbell
                 state = sleeping;
                 ch.set_.async_acquire(ch.sems_.doorbell(ch.slot_), std::move(handler));
@@ -1480,8 +1526,8 @@ private:
             ch.pending_missed_ += missed;
             for (auto& m : batch)
                 ch.inbox_.push_back(std::move(m));
-            auto [result, message] = ch.next_buffered();
-            handler.complete(result, std::move(message));
+            auto [result, taken] = ch.template take_buffered<Batch>();
+            handler.complete(result, std::move(taken));
         }
     };
 
@@ -1532,6 +1578,26 @@ private:
             handler.complete(ec, std::move(result));
         }
     };
+
+    /// What a receive completes with: a missed-messages notice first (alone, as a message
+    /// with `missed` set), then one message, or for a batch every buffered message in order.
+    template <bool Batch>
+    auto take_buffered() {
+        if constexpr (Batch) {
+            std::vector<channel_message> all;
+            if (pending_missed_ != 0) {
+                auto [ec, notice] = next_buffered();
+                all.push_back(std::move(notice));
+                return std::pair(ec, std::move(all));
+            }
+            all.reserve(inbox_.size());
+            while (!inbox_.empty())
+                all.push_back(next_buffered().second);
+            return std::pair(error_code{}, std::move(all));
+        } else {
+            return next_buffered();
+        }
+    }
 
     /// The next buffered result: a missed-messages notice first, then messages in order.
     std::pair<error_code, channel_message> next_buffered() {

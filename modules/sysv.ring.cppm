@@ -146,6 +146,14 @@ public:
     /// reader recovers with the next message.
     void read(std::size_t slot, std::vector<message>& out, std::uint64_t& missed,
               std::size_t max_messages, error_code& ec);
+    /// The reader's fast path, without the lock: copies the records between its cursor and
+    /// head, then advances its cursor. Safe because writers never reuse ring space at or after
+    /// a live reader's cursor, except when they drop messages for a reader that did not keep
+    /// up: then (or on anything unexpected) nothing is taken and the result is need_lock, and
+    /// the caller reads under the lock with read(), which reports what was missed.
+    enum class unlocked_read { taken, empty, need_lock };
+    unlocked_read read_unlocked(std::size_t slot, std::vector<message>& out,
+                                std::size_t max_messages);
     /// Sets the "waiting for a doorbell" flag of a reader / takes it (returns the old value).
     void set_sleeping(std::size_t slot, bool sleeping) noexcept;
     bool take_sleeping(std::size_t slot) noexcept;
@@ -161,6 +169,10 @@ private:
     std::uint64_t load64(std::size_t offset) const noexcept;
     std::uint32_t load32(std::size_t offset) const noexcept;
     void store64(std::size_t offset, std::uint64_t v) noexcept;
+    // Positions read by lock-free readers (head, tail, cursors): 8-byte aligned fields accessed
+    // atomically, with acquire/release ordering against the record bytes.
+    std::uint64_t load64_acquire(std::size_t offset) const noexcept;
+    void store64_release(std::size_t offset, std::uint64_t v) noexcept;
     void store32(std::size_t offset, std::uint32_t v) noexcept;
     std::size_t entry(std::size_t slot) const noexcept {
         return offsets::header_size + slot * offsets::entry_size;
@@ -173,8 +185,10 @@ private:
     void reset_to_head() noexcept {
         const std::uint64_t head = (load64(offsets::head) + 7) & ~std::uint64_t(7);
         store64(offsets::head, head);
-        store64(offsets::tail, head);
         store64(offsets::tail_seq, load64(offsets::head_seq));
+        store64_release(offsets::tail, head);
+        // Readers that copy without the lock must see tail move before the space is reused.
+        __atomic_thread_fence(__ATOMIC_RELEASE);
     }
     /// Parses the record at absolute position `pos` (must be < limit): its size in the ring
     /// (a wrap marker counts as the rest of the lap) and whether it is a message.
@@ -284,6 +298,14 @@ void view::store64(std::size_t offset, std::uint64_t v) noexcept {
 void view::store32(std::size_t offset, std::uint32_t v) noexcept {
     put(segment_, offset, v);
 }
+std::uint64_t view::load64_acquire(std::size_t offset) const noexcept {
+    return __atomic_load_n(reinterpret_cast<const std::uint64_t*>(segment_.data() + offset),
+                           __ATOMIC_ACQUIRE);
+}
+void view::store64_release(std::size_t offset, std::uint64_t v) noexcept {
+    __atomic_store_n(reinterpret_cast<std::uint64_t*>(segment_.data() + offset), v,
+                     __ATOMIC_RELEASE);
+}
 
 bool view::fits(std::size_t payload) const noexcept {
     const std::uint64_t head = load64(offsets::head), tail = load64(offsets::tail);
@@ -306,23 +328,35 @@ void view::collect(std::span<const std::uint8_t> live) noexcept {
         reset_to_head(); // inconsistent: drop everything rather than trust it
         return;
     }
-    std::uint64_t new_tail = head, new_seq = head_seq;
+    // The slowest live cursor. Readers move their cursor without the lock, so only the
+    // position is read (atomically); the sequence number comes from walking the records.
+    std::uint64_t new_tail = head;
     const std::size_t n = std::min<std::size_t>(live.size(), layout_.max_readers);
     for (std::size_t slot = 0; slot < n; ++slot) {
         if (!live[slot] || load32(entry(slot) + offsets::in_use) == 0)
             continue;
-        const std::uint64_t cursor = load64(entry(slot) + offsets::cursor);
-        const std::uint64_t seq = load64(entry(slot) + offsets::cursor_seq);
-        if (cursor < tail || cursor > head || seq < tail_seq || seq > head_seq || cursor % 8 != 0)
+        const std::uint64_t cursor = load64_acquire(entry(slot) + offsets::cursor);
+        if (cursor < tail || cursor > head || cursor % 8 != 0)
             continue; // behind tail (it missed messages) or corrupt: it resyncs when it reads
-        if (cursor < new_tail) {
-            new_tail = cursor;
-            new_seq = seq;
-        }
+        new_tail = std::min(new_tail, cursor);
     }
-    if (new_tail > tail) {
-        store64(offsets::tail, new_tail);
-        store64(offsets::tail_seq, new_seq);
+    // Bounded: each record moves pos forward by at least 8 bytes, and new_tail - tail is at
+    // most the capacity.
+    std::uint64_t pos = tail, seq = tail_seq;
+    while (pos < new_tail) {
+        std::uint64_t size = 0;
+        bool is_message = false;
+        if (!parse(pos, new_tail, seq, size, is_message)) {
+            reset_to_head(); // a bad record or a cursor inside a record
+            return;
+        }
+        pos += size;
+        if (is_message)
+            ++seq;
+    }
+    if (pos > tail) {
+        store64(offsets::tail_seq, seq);
+        store64_release(offsets::tail, pos);
     }
 }
 
@@ -377,8 +411,10 @@ std::uint64_t view::drop_oldest(std::size_t payload, error_code& ec) noexcept {
         store64(offsets::tail, tail);
         store64(offsets::tail_seq, tail_seq);
     }
-    store64(offsets::tail, tail);
     store64(offsets::tail_seq, tail_seq);
+    store64_release(offsets::tail, tail);
+    // Readers that copy without the lock must see tail move before the space is reused.
+    __atomic_thread_fence(__ATOMIC_RELEASE);
     return dropped;
 }
 
@@ -405,9 +441,10 @@ std::uint64_t view::append(std::span<const std::byte> payload, std::uint32_t sen
     if (!payload.empty())
         std::memcpy(segment_.data() + base + offset + record_header_size, payload.data(),
                     payload.size());
-    // Publish: readers (which also hold the lock) see the record only once head moved.
+    // Publish: readers see the record only once head moved past it (release: the record's
+    // bytes are visible to a reader that loads head with acquire).
     store64(offsets::head_seq, seq + 1);
-    store64(offsets::head, head + size);
+    store64_release(offsets::head, head + size);
     return seq;
 }
 
@@ -547,8 +584,59 @@ void view::read(std::size_t slot, std::vector<message>& out, std::uint64_t& miss
         }
         cursor += size;
     }
-    store64(e + offsets::cursor, cursor);
     store64(e + offsets::cursor_seq, seq);
+    store64_release(e + offsets::cursor, cursor);
+}
+
+view::unlocked_read view::read_unlocked(std::size_t slot, std::vector<message>& out,
+                                        std::size_t max_messages) {
+    if (slot >= layout_.max_readers)
+        return unlocked_read::need_lock;
+    const std::size_t e = entry(slot);
+    // Our own fields: only this reader writes them.
+    std::uint64_t cursor = load64(e + offsets::cursor), seq = load64(e + offsets::cursor_seq);
+    const std::uint64_t head = load64_acquire(offsets::head);
+    const std::uint64_t tail = load64_acquire(offsets::tail);
+    if (cursor == head)
+        return unlocked_read::empty;
+    if (head % 8 != 0 || tail % 8 != 0 || cursor % 8 != 0 || cursor < tail || cursor > head ||
+        head - cursor > layout_.capacity)
+        return unlocked_read::need_lock; // lapped, or something to sort out under the lock
+    const std::uint64_t start = cursor;
+    const std::size_t first = out.size();
+    const std::size_t base = ring_offset();
+    // Bounded: each record advances the cursor by >= 8 bytes and head - cursor <= capacity.
+    while (cursor < head && out.size() - first < max_messages) {
+        std::uint64_t size = 0;
+        bool is_message = false;
+        if (!parse(cursor, head, seq, size, is_message)) {
+            out.resize(first);
+            return unlocked_read::need_lock;
+        }
+        if (is_message) {
+            const std::uint64_t offset = cursor % layout_.capacity;
+            const std::uint32_t length = load32(base + offset);
+            message m;
+            m.sender_pid = load32(base + offset + 4);
+            m.sequence = seq;
+            const auto* data = segment_.data() + base + offset + record_header_size;
+            m.bytes.assign(data, data + length);
+            out.push_back(std::move(m));
+            ++seq;
+        }
+        cursor += size;
+    }
+    // If a writer dropped records we were copying, it moved tail past our start before reusing
+    // their space: then what we copied may be torn, and the locked path sorts it out.
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (__atomic_load_n(reinterpret_cast<const std::uint64_t*>(segment_.data() + offsets::tail),
+                        __ATOMIC_RELAXED) > start) {
+        out.resize(first);
+        return unlocked_read::need_lock;
+    }
+    store64(e + offsets::cursor_seq, seq);
+    store64_release(e + offsets::cursor, cursor);
+    return unlocked_read::taken;
 }
 
 } // namespace sysv::ring

@@ -152,6 +152,41 @@ BOOST_AUTO_TEST_CASE(dropping_for_a_slow_reader_reports_the_missed_count) {
     BOOST_TEST(r.receive(1).size() == 1u); // the fast reader lost nothing
 }
 
+BOOST_AUTO_TEST_CASE(readers_copy_without_the_lock_unless_they_were_lapped) {
+    test_ring r(small_layout());
+    r.view.join(0, 1, "fast");
+    r.view.join(1, 2, "slow");
+    using result = ring::view::unlocked_read;
+    std::vector<ring::message> out;
+    BOOST_TEST((r.view.read_unlocked(0, out, 100) == result::empty));
+    r.send("one");
+    r.send("two");
+    BOOST_TEST((r.view.read_unlocked(0, out, 100) == result::taken));
+    BOOST_REQUIRE(out.size() == 2u);
+    BOOST_TEST(out[1].sequence == 1u);
+    BOOST_TEST((r.view.read_unlocked(0, out, 100) == result::empty));
+    // The cursor it moved frees space for writers like one moved under the lock.
+    const std::uint8_t only_fast[] = {1, 0, 0, 0};
+    r.view.collect(only_fast);
+    BOOST_TEST(r.view.tail() == r.view.head());
+    BOOST_TEST(r.view.tail_sequence() == 2u);
+    // A reader whose messages were dropped must go through the lock, which reports them.
+    const std::uint8_t both[] = {1, 1, 0, 0};
+    r.view.collect(both);
+    while (r.view.fits(40))
+        r.send(std::string(40, 'f'));
+    sysv::error_code ec;
+    const auto dropped = r.view.drop_oldest(40, ec);
+    BOOST_REQUIRE(dropped > 0u);
+    out.clear();
+    BOOST_TEST((r.view.read_unlocked(1, out, 100) == result::need_lock));
+    BOOST_TEST(out.empty());
+    std::uint64_t missed = 0;
+    r.receive(1, &missed);
+    // "one" and "two", freed while "slow" was not counted live, and the dropped ones.
+    BOOST_TEST(missed == 2 + dropped);
+}
+
 BOOST_AUTO_TEST_CASE(an_interrupted_write_is_repaired_and_invisible) {
     test_ring r(small_layout());
     r.view.join(0, 1, "reader");
