@@ -63,6 +63,14 @@ sysv::channel_options options_with(std::uint32_t readers, std::uint64_t capacity
     return o;
 }
 
+/// Opens (or creates) the channel at `k` and records its segment and set in `guard`, so they
+/// are removed whatever the test does.
+sysv::channel open_guarded(sysv_test::ipc_guard& guard, asio::io_context& io, sysv::key k,
+                           const sysv::channel_options& options = {}) {
+    auto ch = open_guarded(guard, io, k, options);
+    return ch;
+}
+
 } // namespace
 
 BOOST_AUTO_TEST_SUITE(channel)
@@ -91,11 +99,9 @@ BOOST_AUTO_TEST_CASE(two_processes_exchange_messages_and_the_last_one_removes_th
     });
     int segment_id = -1, set_id = -1;
     const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
-        auto ch = sysv::channel::open_or_create(io.get_executor(), k);
+        auto ch = open_guarded(guard, io, k);
         segment_id = ch.segment().id();
         set_id = ch.semaphores().id();
-        guard.memory_id(segment_id);
-        guard.semaphore_id(set_id);
         co_await ch.async_join("parent", asio::use_awaitable);
         joined.arrive_and_wait();
         for (int i = 0; i < 100; ++i) {
@@ -129,9 +135,7 @@ BOOST_AUTO_TEST_CASE(sixteen_participants_each_receive_every_message_once_in_ord
     {
         // Not system_executor: its thread pool would make the forks below unsafe.
         asio::io_context setup;
-        auto ch = sysv::channel::open_or_create(setup.get_executor(), k, options);
-        guard.memory_id(ch.segment().id());
-        guard.semaphore_id(ch.semaphores().id());
+        open_guarded(guard, setup, k, options);
     }
     std::vector<std::unique_ptr<sysv_test::child>> children;
     for (int p = 0; p < participants; ++p)
@@ -190,9 +194,7 @@ BOOST_AUTO_TEST_CASE(a_participant_killed_mid_stream_or_holding_the_lock_does_no
         });
     });
     const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
-        auto ch = sysv::channel::open_or_create(io.get_executor(), k, options);
-        guard.memory_id(ch.segment().id());
-        guard.semaphore_id(ch.semaphores().id());
+        auto ch = open_guarded(guard, io, k, options);
         co_await ch.async_join("survivor", asio::use_awaitable);
         joined.arrive_and_wait();
         int last = -1;
@@ -277,9 +279,7 @@ BOOST_AUTO_TEST_CASE(a_stopped_reader_stalls_writers_only_for_the_grace_and_lear
         });
     });
     const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
-        auto ch = sysv::channel::open_or_create(io.get_executor(), k, options);
-        guard.memory_id(ch.segment().id());
-        guard.semaphore_id(ch.semaphores().id());
+        auto ch = open_guarded(guard, io, k, options);
         joined.arrive_and_wait();
         int status = 0;
         while (::waitpid(reader.pid(), &status, WUNTRACED) == -1 && errno == EINTR) {
@@ -318,11 +318,9 @@ BOOST_AUTO_TEST_CASE(a_channel_left_by_crashed_members_is_recycled_and_then_remo
         BOOST_TEST(crasher.wait().killed_by(SIGKILL));
     }
     const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
-        auto ch = sysv::channel::open_or_create(io.get_executor(), k);
+        auto ch = open_guarded(guard, io, k);
         segment_id = ch.segment().id();
         set_id = ch.semaphores().id();
-        guard.memory_id(segment_id);
-        guard.semaphore_id(set_id);
         BOOST_TEST(ch.semaphores().value(2) == 0); // the crashed members were undone
         co_await ch.async_join("survivor", asio::use_awaitable);
         auto lost = co_await ch.async_reap_lost(asio::use_awaitable);
@@ -360,9 +358,7 @@ BOOST_AUTO_TEST_CASE(a_batch_larger_than_the_ring_arrives_whole_and_in_order) {
         });
     });
     const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
-        auto ch = sysv::channel::open_or_create(io.get_executor(), k, options);
-        guard.memory_id(ch.segment().id());
-        guard.semaphore_id(ch.semaphores().id());
+        auto ch = open_guarded(guard, io, k, options);
         joined.arrive_and_wait();
         std::vector<std::string> texts;
         for (int i = 0; i < messages; ++i)
@@ -386,9 +382,7 @@ BOOST_AUTO_TEST_CASE(misuse_and_foreign_channels_give_clear_errors) {
     sysv_test::ipc_guard guard;
     const sysv::key k(guard.temp_key());
     asio::io_context io;
-    auto ch = sysv::channel::open_or_create(io.get_executor(), k);
-    guard.memory_id(ch.segment().id());
-    guard.semaphore_id(ch.semaphores().id());
+    auto ch = open_guarded(guard, io, k);
     // Another shape at the same key.
     auto other = options_with(8, 64 * 1024, 1000ms);
     try {
