@@ -67,7 +67,9 @@ sysv::channel_options options_with(std::uint32_t readers, std::uint64_t capacity
 /// are removed whatever the test does.
 sysv::channel open_guarded(sysv_test::ipc_guard& guard, asio::io_context& io, sysv::key k,
                            const sysv::channel_options& options = {}) {
-    auto ch = open_guarded(guard, io, k, options);
+    auto ch = sysv::channel::open_or_create(io.get_executor(), k, options);
+    guard.memory_id(ch.segment().id());
+    guard.semaphore_id(ch.semaphores().id());
     return ch;
 }
 
