@@ -312,18 +312,18 @@ BOOST_AUTO_TEST_CASE(run_returns_once_waits_are_done_even_with_a_work_tracking_e
     // An executor that tracks work: the poll service must not keep it (and so run()) alive.
     auto set = std::make_unique<sysv::async_semaphore_set>(
         asio::prefer(io.get_executor(), asio::execution::outstanding_work.tracked), std::move(raw));
-    bool done = false;
+    std::atomic<bool> done = false; // written on the io thread, read here
     set->async_acquire(0, [&](error_code ec) {
         done = !ec;
         set.reset(); // the object (and its executor copy) go away with the last wait
     });
     std::thread watchdog_free_run([&] { io.run(); });
-    BOOST_TEST(sysv_test::eventually([&] { return done; }));
+    BOOST_TEST(sysv_test::eventually([&] { return done.load(); }));
     BOOST_TEST(sysv_test::eventually([&] { return io.stopped(); }));
     if (!io.stopped())
         io.stop();
     watchdog_free_run.join();
-    BOOST_TEST(done);
+    BOOST_TEST(done.load());
     BOOST_TEST(releaser.wait().exited_with(0));
 }
 
