@@ -126,8 +126,14 @@ void poll_service::start(pending_wait* w, const asio::any_io_executor& ex) {
         w->interval = pause;
         w->due = clock::now() + pause;
     }
-    if (w->sleeping || w->deadline)
-        arm_timer_locked();
+    // A new wait can only make the timer's next tick earlier: no need to look at the others.
+    std::optional<clock::time_point> earliest;
+    if (w->sleeping)
+        earliest = w->due;
+    if (w->deadline && (!earliest || *w->deadline < *earliest))
+        earliest = w->deadline;
+    if (earliest)
+        arm_timer_at_locked(earliest);
 }
 
 void poll_service::cancel(pending_wait* w) {
@@ -183,17 +189,6 @@ void poll_service::post_pass_locked() {
         return;
     pass_posted_ = true;
     asio::post(*executor_, [this] { run_pass(); });
-}
-
-void poll_service::arm_timer_locked() {
-    std::optional<clock::time_point> earliest;
-    for (pending_wait* w = head_; w != nullptr; w = w->next) {
-        if (w->sleeping && (!earliest || w->due < *earliest))
-            earliest = w->due;
-        if (w->deadline && (!earliest || *w->deadline < *earliest))
-            earliest = *w->deadline;
-    }
-    arm_timer_at_locked(earliest);
 }
 
 void poll_service::arm_timer_at_locked(std::optional<clock::time_point> earliest) {

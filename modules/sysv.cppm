@@ -297,7 +297,6 @@ private:
     void link(pending_wait* w);
     void unlink(pending_wait* w);
     void post_pass_locked();
-    void arm_timer_locked();
     void arm_timer_at_locked(std::optional<std::chrono::steady_clock::time_point> earliest);
     void run_pass();
 
@@ -305,7 +304,6 @@ private:
     pending_wait* head_ = nullptr;
     pending_wait* tail_ = nullptr;
     std::size_t count_ = 0;
-    std::size_t yielding_ = 0;
     bool pass_posted_ = false;
     bool shut_down_ = false;
     std::optional<asio::any_io_executor> executor_;
