@@ -927,8 +927,8 @@ struct channel_semaphores {
 /// All async operations follow basic_async_semaphore_set's rules (any completion token,
 /// handler on its associated executor, never completed inline, per-operation cancellation of
 /// the underlying waits). The channel object must outlive its operations and must not be
-/// moved while any is pending; one operation of a
-/// kind at a time per object (one send, one receive).
+/// moved while any is pending; one operation of a kind at a time per object (one send, one
+/// receive).
 template <class Executor = boost::asio::any_io_executor>
 class basic_channel {
 public:
