@@ -204,6 +204,19 @@ const kernel_limits& limits() {
 
 namespace detail {
 
+attempt_result try_semop(int set_id, semop_buffer& ops, error_code& ec) noexcept {
+    for (;;) {
+        if (::semop(set_id, ops.data(), ops.size()) == 0)
+            return attempt_result::applied;
+        if (errno == EAGAIN)
+            return attempt_result::would_block;
+        if (errno != EINTR) {
+            ec = id_error(errno);
+            return attempt_result::failed;
+        }
+    }
+}
+
 error_code id_error(int err) noexcept {
     if (err == EIDRM || err == EINVAL)
         return make_error_code(errc::removed);
@@ -838,30 +851,12 @@ error_code semaphore_set::validate(operation_list ops) const noexcept {
 
 namespace {
 
-// Small groups (the common case) live on the stack: no allocation on the hot path.
-class sembuf_array {
-public:
-    sembuf_array(operation_list ops, short extra_flags) {
-        sembuf* out =
-            ops.size() <= local_.size() ? local_.data() : (heap_.resize(ops.size()), heap_.data());
-        for (std::size_t i = 0; i < ops.size(); ++i) {
-            const operation& o = ops.span()[i];
-            out[i].sem_num = static_cast<unsigned short>(o.index());
-            out[i].sem_op = static_cast<short>(o.delta());
-            out[i].sem_flg = static_cast<short>(extra_flags | (o.uses_undo() ? SEM_UNDO : 0));
-        }
-        data_ = out;
-        size_ = ops.size();
-    }
-    sembuf* data() noexcept { return data_; }
-    std::size_t size() const noexcept { return size_; }
-
-private:
-    std::array<sembuf, 8> local_{};
-    std::vector<sembuf> heap_;
-    sembuf* data_ = nullptr;
-    std::size_t size_ = 0;
-};
+std::string index_detail(const semaphore_set& set, std::size_t index) {
+    if (index < set.size())
+        return {};
+    return "semaphore index " + std::to_string(index) + ", the set has " +
+           std::to_string(set.size()) + " semaphore(s)";
+}
 
 std::string ops_detail(const semaphore_set& set, operation_list ops) {
     std::string s;
@@ -873,8 +868,7 @@ std::string ops_detail(const semaphore_set& set, operation_list ops) {
                "; raise it in /proc/sys/kernel/sem (third field)";
     for (const operation& o : ops) {
         if (o.index() >= set.size())
-            return "semaphore index " + std::to_string(o.index()) + ", the set has " +
-                   std::to_string(set.size()) + " semaphore(s)";
+            return index_detail(set, o.index());
         if (o.type() != operation::kind::wait_zero && (o.units() < 1 || o.units() > semvmx))
             return std::to_string(o.units()) + " units on semaphore " + std::to_string(o.index()) +
                    ", must be 1..32767";
@@ -887,17 +881,8 @@ std::string ops_detail(const semaphore_set& set, operation_list ops) {
 bool semaphore_set::try_apply(operation_list ops, error_code& ec) {
     if ((ec = validate(ops)))
         return false;
-    sembuf_array raw(ops, IPC_NOWAIT);
-    for (;;) {
-        if (::semop(id_, raw.data(), raw.size()) == 0)
-            return true;
-        if (errno == EAGAIN)
-            return false;
-        if (errno != EINTR) {
-            ec = detail::id_error(errno);
-            return false;
-        }
-    }
+    detail::semop_buffer raw(ops, IPC_NOWAIT);
+    return detail::try_semop(id_, raw, ec) == detail::attempt_result::applied;
 }
 
 bool semaphore_set::try_apply(operation_list ops) {
@@ -911,7 +896,7 @@ bool semaphore_set::try_apply(operation_list ops) {
 void semaphore_set::apply(operation_list ops, error_code& ec) {
     if ((ec = validate(ops)))
         return;
-    sembuf_array raw(ops, 0);
+    detail::semop_buffer raw(ops, 0);
     while (::semop(id_, raw.data(), raw.size()) == -1) {
         if (errno != EINTR) {
             ec = detail::id_error(errno);
@@ -931,7 +916,7 @@ bool semaphore_set::try_apply_for(operation_list ops, std::chrono::nanoseconds t
                                   error_code& ec) {
     if ((ec = validate(ops)))
         return false;
-    sembuf_array raw(ops, 0);
+    detail::semop_buffer raw(ops, 0);
     const auto deadline = deadline_after(timeout);
     for (;;) {
         const auto remaining =
@@ -973,15 +958,6 @@ int semaphore_set::get(int command, std::size_t index, error_code& ec) const {
         ec = detail::id_error(errno);
     return result;
 }
-
-namespace {
-std::string index_detail(const semaphore_set& set, std::size_t index) {
-    if (index < set.size())
-        return {};
-    return "semaphore index " + std::to_string(index) + ", the set has " +
-           std::to_string(set.size()) + " semaphore(s)";
-}
-} // namespace
 
 int semaphore_set::value(std::size_t index, error_code& ec) const {
     return get(GETVAL, index, ec);

@@ -20,6 +20,7 @@ module;
 #include <boost/system/error_code.hpp>
 #include <boost/system/system_error.hpp>
 
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -645,6 +646,42 @@ error_code id_error(int err) noexcept;
 /// Builds the message of a thrown error: "<operation> on <object>: <cause>[; <limit hint>]".
 [[noreturn]] void throw_error(const error_code& ec, std::string_view operation,
                               std::string_view object, std::string_view detail = {});
+
+/// The sembuf array for one semop call: each operation's flags plus `extra_flags` (IPC_NOWAIT
+/// for attempts that must not block). Small groups are stored inline: no allocation on the
+/// hot path.
+class semop_buffer {
+public:
+    semop_buffer() = default;
+    semop_buffer(operation_list ops, short extra_flags) {
+        if (ops.size() > inline_.size())
+            heap_.resize(ops.size());
+        size_ = ops.size();
+        sembuf* out = data();
+        for (const operation& o : ops) {
+            out->sem_num = static_cast<unsigned short>(o.index());
+            out->sem_op = static_cast<short>(o.delta());
+            out->sem_flg = static_cast<short>(extra_flags | (o.uses_undo() ? SEM_UNDO : 0));
+            ++out;
+        }
+    }
+    std::span<const sembuf> span() const noexcept {
+        return {heap_.empty() ? inline_.data() : heap_.data(), size_};
+    }
+    sembuf* data() noexcept { return heap_.empty() ? inline_.data() : heap_.data(); }
+    std::size_t size() const noexcept { return size_; }
+
+private:
+    std::array<sembuf, 4> inline_{};
+    std::vector<sembuf> heap_;
+    std::size_t size_ = 0;
+};
+
+enum class attempt_result { applied, would_block, failed };
+
+/// One semop attempt of a buffer built with IPC_NOWAIT (EINTR retried): applied, would block,
+/// or failed with `ec` (errc::removed for a set that is gone).
+attempt_result try_semop(int set_id, semop_buffer& ops, error_code& ec) noexcept;
 
 /// The decision of one open_or_create look at an existing set: sans-I/O, so it is unit-tested.
 enum class open_step { ready, wait, foreign, creator_died };

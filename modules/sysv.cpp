@@ -35,19 +35,6 @@ double uniform01(std::minstd_rand& random) {
 }
 } // namespace
 
-attempt_result try_semop(int set_id, semop_buffer& ops, error_code& ec) noexcept {
-    for (;;) {
-        if (::semop(set_id, ops.data(), ops.size()) == 0)
-            return attempt_result::applied;
-        if (errno == EAGAIN)
-            return attempt_result::would_block;
-        if (errno != EINTR) {
-            ec = id_error(errno);
-            return attempt_result::failed;
-        }
-    }
-}
-
 bool apply_to_snapshot(std::span<int> values, std::span<const sembuf> ops) noexcept {
     std::size_t done = 0;
     bool feasible = true;

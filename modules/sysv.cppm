@@ -180,35 +180,6 @@ private:
     std::size_t size_ = 0;
 };
 
-/// The sembuf array for one semop call, inline for small groups (no allocation on the hot
-/// path).
-class semop_buffer {
-public:
-    semop_buffer() = default;
-    explicit semop_buffer(operation_list ops) {
-        if (ops.size() > inline_.size())
-            heap_.resize(ops.size());
-        size_ = ops.size();
-        sembuf* out = data();
-        for (const operation& o : ops) {
-            out->sem_num = static_cast<unsigned short>(o.index());
-            out->sem_op = static_cast<short>(o.delta());
-            out->sem_flg = static_cast<short>(IPC_NOWAIT | (o.uses_undo() ? SEM_UNDO : 0));
-            ++out;
-        }
-    }
-    std::span<const sembuf> span() const noexcept {
-        return {heap_.empty() ? inline_.data() : heap_.data(), size_};
-    }
-    sembuf* data() noexcept { return heap_.empty() ? inline_.data() : heap_.data(); }
-    std::size_t size() const noexcept { return size_; }
-
-private:
-    std::array<sembuf, 4> inline_{};
-    std::vector<sembuf> heap_;
-    std::size_t size_ = 0;
-};
-
 /// Whether any operation gives units (a success may let this process's other waiters proceed).
 inline bool releases(operation_list ops) noexcept {
     for (const operation& o : ops)
@@ -219,11 +190,6 @@ inline bool releases(operation_list ops) noexcept {
 inline bool operation_group::releases() const noexcept {
     return detail::releases(list());
 }
-
-enum class attempt_result { applied, would_block, failed };
-
-/// One semop(IPC_NOWAIT) attempt (EINTR retried); `ec` is set when it failed.
-attempt_result try_semop(int set_id, semop_buffer& ops, error_code& ec) noexcept;
 
 /// Whether `ops` could be applied to a GETALL snapshot of the values right now (sans-I/O: the
 /// decision a pass makes before spending a semop). Applies them to `values` if so.
@@ -239,7 +205,7 @@ struct pending_wait {
 
     pending_wait(int set, std::size_t set_size, std::uint64_t owner, operation_group group,
                  const backoff& b, finish_fn finish, destroy_fn destroy)
-        : set_id(set), set_size(set_size), owner(owner), ops(group.list()), schedule(b),
+        : set_id(set), set_size(set_size), owner(owner), ops(group.list(), IPC_NOWAIT), schedule(b),
           finish(finish), destroy(destroy) {}
 
     int set_id;
@@ -626,7 +592,7 @@ private:
             ec = b.validate();
         if (!ec) {
             // The fast path: one semop before any allocation.
-            detail::semop_buffer raw(group.list());
+            detail::semop_buffer raw(group.list(), IPC_NOWAIT);
             switch (detail::try_semop(id(), raw, ec)) {
             case detail::attempt_result::applied:
                 if (group.releases())

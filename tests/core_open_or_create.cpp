@@ -26,38 +26,12 @@ namespace {
 
 using sysv_test::check_thrown;
 
-constexpr std::chrono::milliseconds patience{10000}; // detects hangs; nothing is timed
 
 std::vector<int> ints(std::initializer_list<int> values) {
     return std::vector<int>(values);
 }
 
-/// Reads exactly `size` bytes or fails after `timeout` (or at end of file).
-bool read_exactly(int fd, void* data, std::size_t size,
-                  std::chrono::milliseconds timeout = patience) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    auto* out = static_cast<char*>(data);
-    std::size_t got = 0;
-    while (got < size) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-            deadline - std::chrono::steady_clock::now());
-        if (left.count() <= 0)
-            return false;
-        pollfd p{fd, POLLIN, 0};
-        const int r = ::poll(&p, 1, static_cast<int>(left.count()));
-        if (r == -1 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return false;
-        const ssize_t n = ::read(fd, out + got, size - got);
-        if (n == -1 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return false;
-        got += static_cast<std::size_t>(n);
-    }
-    return true;
-}
+using sysv_test::read_exactly;
 
 struct raw_pipe {
     int fds[2] = {-1, -1};

@@ -58,24 +58,8 @@ public:
     }
     /// One byte, or false after `timeout` (or at end of file).
     bool receive(std::chrono::milliseconds timeout = patience) const {
-        const auto deadline = std::chrono::steady_clock::now() + timeout;
-        for (;;) {
-            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                deadline - std::chrono::steady_clock::now());
-            if (left.count() <= 0)
-                return false;
-            pollfd p{read_end_, POLLIN, 0};
-            const int r = ::poll(&p, 1, static_cast<int>(left.count()));
-            if (r == -1 && errno == EINTR)
-                continue;
-            if (r <= 0)
-                return false;
-            char c = 0;
-            const ssize_t n = ::read(read_end_, &c, 1);
-            if (n == -1 && errno == EINTR)
-                continue;
-            return n == 1;
-        }
+        char c = 0;
+        return sysv_test::read_exactly(read_end_, &c, 1, timeout);
     }
 
 private:

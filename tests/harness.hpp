@@ -11,6 +11,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/ipc.h>
 #include <sys/sem.h>
@@ -236,6 +237,33 @@ inline bool semaphore_set_exists(int id) {
 inline bool segment_exists(int id) {
     shmid_ds ds{};
     return ::shmctl(id, IPC_STAT, &ds) != -1 || (errno != EINVAL && errno != EIDRM);
+}
+
+/// Reads exactly `size` bytes or fails after `timeout` (or at end of file).
+inline bool read_exactly(int fd, void* data, std::size_t size,
+                         std::chrono::milliseconds timeout = std::chrono::milliseconds(10000)) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    auto* out = static_cast<char*>(data);
+    std::size_t got = 0;
+    while (got < size) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0)
+            return false;
+        pollfd p{fd, POLLIN, 0};
+        const int r = ::poll(&p, 1, static_cast<int>(left.count()));
+        if (r == -1 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return false;
+        const ssize_t n = ::read(fd, out + got, size - got);
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return false;
+        got += static_cast<std::size_t>(n);
+    }
+    return true;
 }
 
 /// Runs `statement`, which must throw boost::system::system_error with `expected` as code and
