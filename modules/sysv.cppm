@@ -648,8 +648,11 @@ struct open_op {
             self.complete(ec, std::move(set));
             return;
         }
-        if (wait_error) { // the timer wait was cancelled
-            self.complete(wait_error, semaphore_set());
+        // Cancelled during the timer wait, or between two looks (the composed operation's
+        // cancellation state remembers an emit that came while no wait was pending).
+        if (wait_error || (started && self.cancelled() != boost::asio::cancellation_type::none)) {
+            self.complete(wait_error ? wait_error : boost::asio::error::operation_aborted,
+                          semaphore_set());
             return;
         }
         semaphore_set result;
@@ -1006,7 +1009,9 @@ public:
     /// many as fit (the cost per message is then a copy, not two semops). Waits for room like
     /// async_send when the ring is full, and completes when all are sent. The buffers and the
     /// span's array must stay valid until completion. Completion: `void(error_code)`; a
-    /// message above the size limit fails the whole batch before anything is sent.
+    /// message above the size limit fails the whole batch before anything is sent. Cancelled
+    /// while waiting for room, it completes with operation_aborted; the messages before that
+    /// point were sent.
     template <boost::asio::completion_token_for<void(error_code)> Token =
                   boost::asio::default_completion_token_t<executor_type>>
     auto
@@ -1380,6 +1385,10 @@ private:
                 ec = unlock_error;
             if (ec || !wait_for_room)
                 return handler.complete(ec);
+            // A cancellation that came while no wait was pending is not lost (messages before
+            // `next` of a batch are sent; a single message was not).
+            if (handler.cancelled() != boost::asio::cancellation_type::none)
+                return handler.complete(aborted());
             // Re-check at least every 50 ms even without a ring (belt and braces: a reader that
             // made room and stopped calling receive cannot ring).
             state = waiting_for_space;
@@ -1484,6 +1493,10 @@ private:
             if (ec)
                 return handler.complete(ec, result_type{});
             if (sleep) { // until a writer rings this reader's doorbell
+                // A cancellation that came while no wait was pending is not lost: nothing was
+                // received, so abort before waiting again.
+                if (handler.cancelled() != boost::asio::cancellation_type::none)
+                    return handler.complete(aborted(), result_type{});
                 state = sleeping;
                 ch.set_.async_acquire(ch.sems_.doorbell(ch.slot_), std::move(handler));
                 return;

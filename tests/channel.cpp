@@ -2,6 +2,8 @@
 // sending and while holding the lock), a stopped reader, and cleanup by the last member.
 #include "harness.hpp"
 
+#include <boost/asio/experimental/awaitable_operators.hpp>
+
 #include <cstring>
 #include <map>
 #include <string>
@@ -378,6 +380,28 @@ BOOST_AUTO_TEST_CASE(a_batch_larger_than_the_ring_arrives_whole_and_in_order) {
     });
     BOOST_TEST(rc == 0);
     BOOST_TEST(reader.wait_for(60s).exited_with(0));
+}
+
+BOOST_AUTO_TEST_CASE(a_receive_raced_by_a_timer_is_cancelled_and_the_channel_goes_on) {
+    using namespace asio::experimental::awaitable_operators;
+    sysv_test::ipc_guard guard;
+    const sysv::key k(guard.temp_key());
+    const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
+        auto ch = open_guarded(guard, io, k);
+        co_await ch.async_join("alone", asio::use_awaitable);
+        for (int i = 0; i < 20; ++i) { // the timeout lands at every phase of the receive
+            asio::steady_timer timeout(io, std::chrono::microseconds(100 + 500 * i));
+            auto r = co_await (ch.async_receive(asio::use_awaitable) ||
+                               timeout.async_wait(asio::use_awaitable));
+            BOOST_TEST(r.index() == 1u); // nothing was sent: the timer wins every time
+        }
+        const std::string hello = "after the timeouts";
+        co_await ch.async_send(asio::buffer(hello), asio::use_awaitable);
+        BOOST_TEST(text_of(co_await ch.async_receive(asio::use_awaitable)) == hello);
+        co_await ch.async_leave(asio::use_awaitable);
+        co_return 0;
+    });
+    BOOST_TEST(rc == 0);
 }
 
 BOOST_AUTO_TEST_CASE(misuse_and_foreign_channels_give_clear_errors) {
