@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-import sysv;
+import sysv.mutex;
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;

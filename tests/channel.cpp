@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-import sysv;
+import sysv.channel;
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;

@@ -20,7 +20,7 @@
 #include <string_view>
 #include <vector>
 
-import sysv;
+import sysv.core;
 
 namespace {
 

@@ -19,7 +19,7 @@
 #include <string_view>
 #include <type_traits>
 
-import sysv;
+import sysv.core;
 
 namespace {
 

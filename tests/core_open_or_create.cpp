@@ -20,12 +20,11 @@
 #include <utility>
 #include <vector>
 
-import sysv;
+import sysv.core;
 
 namespace {
 
 using sysv_test::check_thrown;
-
 
 std::vector<int> ints(std::initializer_list<int> values) {
     return std::vector<int>(values);

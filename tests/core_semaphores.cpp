@@ -16,7 +16,7 @@
 #include <system_error>
 #include <vector>
 
-import sysv;
+import sysv.core;
 
 namespace {
 

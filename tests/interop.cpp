@@ -8,7 +8,7 @@
 #include <cstring>
 #include <string>
 
-import sysv;
+import sysv.async;
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-import sysv;
+import sysv.ring;
 
 namespace ring = sysv::ring;
 

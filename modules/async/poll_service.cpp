@@ -1,4 +1,4 @@
-// Implementation of the asynchronous layer's non-template parts: the poll service.
+// sysv.async: the poll service (the non-template part of the asynchronous layer).
 module;
 
 #include <boost/asio.hpp>
@@ -16,7 +16,7 @@ module;
 #include <utility>
 #include <vector>
 
-module sysv;
+module sysv.async;
 
 namespace sysv::detail {
 

@@ -713,3 +713,53 @@ private:
 };
 
 } // namespace sysv::detail
+
+// ---------------------------------------------------------------------------------------------
+// Helpers of the implementation units (core/*.cpp): visible to them, not exported.
+// ---------------------------------------------------------------------------------------------
+namespace sysv {
+
+// semctl's fourth argument; glibc leaves its definition to the caller.
+union semun {
+    int val;
+    semid_ds* buf;
+    unsigned short* array;
+    seminfo* info;
+};
+
+inline constexpr int semvmx = 32767;
+
+error_code last_error() noexcept;
+bool valid_mode(mode_t mode) noexcept;
+time_point from_time_t(time_t t) noexcept;
+std::optional<time_point> optional_time(time_t t) noexcept;
+/// All bits, so that a mode refused for bits outside 0777 is shown with them ("01600").
+std::string mode_string(mode_t mode);
+std::string permissions_detail(const permissions& p);
+/// "<what> (key 0x..., id N)".
+std::string describe(std::string_view what, key k, int id);
+
+/// now + timeout, saturated: a huge timeout (duration::max() for "as long as it takes") must
+/// not overflow into a deadline in the past. Compared in the timeout's own unit, which
+/// converting to nanoseconds would overflow.
+template <class Rep, class Period>
+std::chrono::steady_clock::time_point
+deadline_after(std::chrono::duration<Rep, Period> timeout) noexcept {
+    using clock = std::chrono::steady_clock;
+    const auto now = clock::now();
+    if (timeout <= timeout.zero())
+        return now;
+    const auto room = std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(
+        clock::time_point::max() - now);
+    if (timeout >= room)
+        return clock::time_point::max();
+    return now + std::chrono::duration_cast<clock::duration>(timeout);
+}
+
+// Semaphore sets (semaphore_set.cpp, used by semaphore_set_open.cpp too).
+semaphore_set_status to_status(const semid_ds& ds);
+error_code stat_set(int id, semid_ds& ds) noexcept;
+error_code check_values(std::span<const int> values) noexcept;
+std::string values_detail(std::span<const int> values);
+
+} // namespace sysv

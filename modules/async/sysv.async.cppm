@@ -1,0 +1,699 @@
+// sysv.async: semaphore waits as Asio asynchronous operations.
+//
+//  * sysv::backoff and sysv::backoff_schedule: how a wait polls (plain value code);
+//  * sysv::basic_async_semaphore_set: async_acquire, async_wait_zero, async_apply;
+//  * sysv::async_open_or_create: the race-free open of a semaphore set, without blocking.
+//
+// How a wait works: the initiating function tries semop(IPC_NOWAIT) once (the fast path). If the
+// semaphores are not available, the wait joins its execution context's poll service, which
+// retries it first by yielding (posting a pass to the executor) and then on a steady_timer whose
+// period grows from backoff::first_sleep to backoff::max_sleep. Waits on one execution context
+// share the passes and the timer: a pass makes one GETALL per set with several due waiters,
+// tries semop only for waiters the snapshot says can proceed, and waiters at the same period
+// converge on the same ticks. No thread ever blocks in the kernel.
+module;
+
+#include <boost/asio.hpp>
+
+#include <sys/sem.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <span>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+export module sysv.async;
+
+export import sysv.core;
+
+export namespace sysv {
+
+// ---------------------------------------------------------------------------------------------
+// Backoff: the polling schedule of a wait (sans-I/O)
+// ---------------------------------------------------------------------------------------------
+
+/// How an asynchronous wait polls while the semaphores are not available. After the first
+/// attempt (made by the initiating function), the wait retries `immediate_yields` times by
+/// yielding (a pass posted to its executor; a pass that freed nobody also calls sched_yield so
+/// a peer process on the same CPU can run), then sleeps on a timer: first `first_sleep`, each
+/// sleep `growth` times the previous one, never more than `max_sleep`. With `jitter` j > 0
+/// each sleep is multiplied by a random factor in [1 - j, 1 + j] (spreads the polls of many
+/// processes).
+///
+/// The defaults come from benchmarks/ (README "Benchmarks"; 2-CPU VM, `./dev bench`):
+///  * immediate_yields 64: a yield costs ~0.8 us (one semop, one executor round trip), so the
+///    yield phase lasts ~50-70 us, longer than a running peer needs to answer (ping-pong
+///    between two event loops: ~1.5 us round trip on two CPUs, 0.03x a blocked thread's ~46 us;
+///    ~7 us on one CPU, where sched_yield hands the CPU to the peer). 16 yields were too few
+///    when both processes share a CPU (a ~200 us round trip before sched_yield).
+///  * first_sleep 20 us: shorter sleeps cost a timer round trip (~16 us here) for nothing;
+///    doubling from 20 us reaches the cap after ~8 sleeps.
+///  * max_sleep 3 ms: sets both the worst extra latency of a wake-up after long idle (p99 about
+///    max_sleep) and the idle cost: one tick costs ~22 us of CPU (timer, epoll, semop), so one
+///    idle wait costs ~0.7% of a core at 3 ms (2.1% at 1 ms), and 10,000 idle waits on one set
+///    ~4-5% (one GETALL per tick plus a check per waiter). 1,000 waits on 1,000 different sets
+///    cost a semop per set per tick (~9% at 3 ms): group waits on few sets when you can.
+struct backoff {
+    unsigned immediate_yields = 64;
+    std::chrono::microseconds first_sleep{20};
+    double growth = 2.0;
+    std::chrono::microseconds max_sleep{3000};
+    double jitter = 0.0;
+
+    /// errc::invalid_argument unless first_sleep > 0, max_sleep >= first_sleep, growth >= 1 and
+    /// 0 <= jitter < 1.
+    error_code validate() const noexcept {
+        if (first_sleep.count() <= 0 || max_sleep < first_sleep || !(growth >= 1.0) ||
+            !(jitter >= 0.0 && jitter < 1.0))
+            return make_error_code(errc::invalid_argument);
+        return {};
+    }
+
+    /// Tuned for latency: short sleeps capped at 200 us (wake-up p99 ~0.2-0.4 ms), at ~10% of a
+    /// core per idle wait: for a few latency-critical waits, not for thousands.
+    static backoff latency_tuned() noexcept {
+        return backoff{64, std::chrono::microseconds(20), 1.5, std::chrono::microseconds(200), 0.0};
+    }
+    /// Tuned for CPU: long sleeps capped at 10 ms (~0.3% of a core per idle wait, wake-up after
+    /// idle up to ~10 ms); keeps 16 yields so an active ping-pong still completes without
+    /// sleeping.
+    static backoff cpu_tuned() noexcept {
+        return backoff{16, std::chrono::microseconds(200), 2.0, std::chrono::microseconds(10000),
+                       0.0};
+    }
+
+    friend bool operator==(const backoff&, const backoff&) = default;
+};
+
+/// The sequence of pauses of one wait under a backoff: plain value code, no clock, no I/O.
+class backoff_schedule {
+public:
+    explicit backoff_schedule(const backoff& b = {}) noexcept : backoff_(b) {}
+
+    /// The pause before the next attempt: zero means "yield to the executor, then retry";
+    /// otherwise sleep that long. `random01` in [0, 1) drives the jitter (ignored without it).
+    std::chrono::nanoseconds next(double random01 = 0.5) noexcept {
+        if (yields_done_ < backoff_.immediate_yields) {
+            ++yields_done_;
+            return std::chrono::nanoseconds(0);
+        }
+        const std::chrono::nanoseconds cap = backoff_.max_sleep;
+        if (current_.count() == 0)
+            current_ = backoff_.first_sleep;
+        const auto sleep = current_;
+        const double grown = static_cast<double>(current_.count()) * backoff_.growth;
+        current_ = grown >= static_cast<double>(cap.count())
+                       ? cap
+                       : std::chrono::nanoseconds(static_cast<std::int64_t>(grown));
+        if (backoff_.jitter <= 0.0)
+            return sleep;
+        const double factor = 1.0 - backoff_.jitter + 2.0 * backoff_.jitter * random01;
+        return std::max(std::chrono::nanoseconds(1000),
+                        std::chrono::nanoseconds(static_cast<std::int64_t>(
+                            static_cast<double>(sleep.count()) * factor)));
+    }
+
+    /// True while the schedule is still in its yield phase.
+    bool yielding() const noexcept { return yields_done_ < backoff_.immediate_yields; }
+    const backoff& settings() const noexcept { return backoff_; }
+
+private:
+    backoff backoff_;
+    unsigned yields_done_ = 0;
+    std::chrono::nanoseconds current_{0};
+};
+
+} // namespace sysv
+
+// ---------------------------------------------------------------------------------------------
+// Internals: the per-execution-context poll service and the pending-wait operation.
+// ---------------------------------------------------------------------------------------------
+export namespace sysv::detail {
+
+namespace asio = boost::asio;
+
+/// An owned copy of an operation group (the caller's list may be a temporary; deferred
+/// operations start later). Small groups are stored inline.
+class operation_group {
+public:
+    operation_group() = default;
+    explicit operation_group(operation_list ops) {
+        if (ops.size() <= inline_.size()) {
+            std::copy(ops.begin(), ops.end(), inline_.begin());
+            size_ = ops.size();
+        } else {
+            heap_.assign(ops.begin(), ops.end());
+            size_ = heap_.size();
+        }
+    }
+    operation_list list() const noexcept {
+        return std::span<const operation>(heap_.empty() ? inline_.data() : heap_.data(), size_);
+    }
+    bool releases() const noexcept;
+
+private:
+    std::array<operation, 4> inline_{
+        operation(operation::kind::wait_zero, 0, 0), operation(operation::kind::wait_zero, 0, 0),
+        operation(operation::kind::wait_zero, 0, 0), operation(operation::kind::wait_zero, 0, 0)};
+    std::vector<operation> heap_;
+    std::size_t size_ = 0;
+};
+
+/// Whether any operation gives units (a success may let this process's other waiters proceed).
+inline bool releases(operation_list ops) noexcept {
+    for (const operation& o : ops)
+        if (o.type() == operation::kind::release)
+            return true;
+    return false;
+}
+inline bool operation_group::releases() const noexcept {
+    return detail::releases(list());
+}
+
+/// Whether `ops` could be applied to a GETALL snapshot of the values right now (sans-I/O: the
+/// decision a pass makes before spending a semop). Applies them to `values` if so.
+bool apply_to_snapshot(std::span<int> values, std::span<const sembuf> ops) noexcept;
+
+class poll_service;
+
+/// A pending wait, as the poll service sees it. The typed part (handler, work) is wait_op.
+/// Fields after `service-managed` are guarded by the service's mutex.
+struct pending_wait {
+    using finish_fn = void (*)(pending_wait*, error_code, bool post);
+    using destroy_fn = void (*)(pending_wait*);
+
+    pending_wait(int set, std::size_t set_size, std::uint64_t owner, operation_group group,
+                 const backoff& b, finish_fn finish, destroy_fn destroy)
+        : set_id(set), set_size(set_size), owner(owner), ops(group.list(), IPC_NOWAIT), schedule(b),
+          finish(finish), destroy(destroy) {}
+
+    int set_id;
+    std::size_t set_size;
+    std::uint64_t owner;
+    semop_buffer ops;
+    backoff_schedule schedule;
+    finish_fn finish;
+    destroy_fn destroy;
+
+    // service-managed
+    pending_wait* prev = nullptr;
+    pending_wait* next = nullptr;
+    bool linked = false;
+    bool done = false;
+    bool cancel_requested = false;
+    bool sleeping = false;
+    std::optional<std::chrono::steady_clock::time_point> deadline; ///< async_apply_for
+    std::chrono::steady_clock::time_point due{};
+    std::chrono::nanoseconds interval{0};
+};
+
+/// One per execution context: owns every pending wait of that context, the yield passes and the
+/// one timer they share.
+class poll_service final : public asio::execution_context::service {
+public:
+    inline static asio::execution_context::id id;
+
+    explicit poll_service(asio::execution_context& context)
+        : asio::execution_context::service(context) {}
+    ~poll_service() override = default;
+
+    /// Takes a wait whose first attempt would have blocked; `ex` runs the passes (the first
+    /// executor seen is kept for the context's passes and timer).
+    void start(pending_wait* wait, const asio::any_io_executor& ex);
+    /// Per-operation cancellation: completes the wait with operation_aborted if it is still
+    /// pending (a wait already applied reports success: no unit is ever lost).
+    void cancel(pending_wait* wait);
+    /// Cancels every pending wait started by the object `owner`.
+    void cancel_owner(std::uint64_t owner);
+    /// This process changed set `set_id` (a release, a removal): poll its waiters now.
+    void kick(int set_id);
+
+    /// Number of waits currently pending (for tests and benchmarks).
+    std::size_t pending() const;
+
+    static std::uint64_t new_owner_id() noexcept {
+        static std::atomic<std::uint64_t> next{1};
+        return next.fetch_add(1, std::memory_order_relaxed);
+    }
+
+private:
+    void shutdown() override;
+
+    void link(pending_wait* w);
+    void unlink(pending_wait* w);
+    void post_pass_locked();
+    void arm_timer_at_locked(std::optional<std::chrono::steady_clock::time_point> earliest);
+    void run_pass();
+
+    mutable std::mutex mutex_;
+    pending_wait* head_ = nullptr;
+    pending_wait* tail_ = nullptr;
+    std::size_t count_ = 0;
+    bool pass_posted_ = false;
+    bool shut_down_ = false;
+    std::optional<asio::any_io_executor> executor_;
+    std::optional<asio::steady_timer> timer_;
+    std::optional<std::chrono::steady_clock::time_point> timer_at_;
+    std::minstd_rand random_{0x5eed};
+    // Scratch space of run_pass, kept to avoid allocating on every pass.
+    std::vector<pending_wait*> candidates_;
+    std::vector<unsigned short> raw_;
+    std::vector<int> values_;
+};
+
+/// The typed pending wait: the completion handler and the work that keeps its executor alive.
+template <class Handler, class IoExecutor>
+class wait_op final : public pending_wait {
+    using handler_executor = std::decay_t<decltype(asio::prefer(
+        asio::get_associated_executor(std::declval<Handler&>(), std::declval<IoExecutor>()),
+        asio::execution::outstanding_work.tracked))>;
+    using allocator_type = typename std::allocator_traits<
+        asio::associated_allocator_t<Handler>>::template rebind_alloc<wait_op>;
+
+public:
+    /// Allocates with the handler's associated allocator.
+    static wait_op* create(Handler&& handler, const IoExecutor& io_ex, int set,
+                           std::size_t set_size, std::uint64_t owner, operation_group group,
+                           const backoff& b) {
+        allocator_type alloc(asio::get_associated_allocator(handler));
+        wait_op* op = std::allocator_traits<allocator_type>::allocate(alloc, 1);
+        try {
+            std::allocator_traits<allocator_type>::construct(
+                alloc, op, std::move(handler), io_ex, set, set_size, owner, std::move(group), b);
+        } catch (...) {
+            std::allocator_traits<allocator_type>::deallocate(alloc, op, 1);
+            throw;
+        }
+        return op;
+    }
+
+    wait_op(Handler&& handler, const IoExecutor& io_ex, int set, std::size_t set_size,
+            std::uint64_t owner, operation_group group, const backoff& b)
+        : pending_wait(set, set_size, owner, std::move(group), b, &do_finish, &do_destroy),
+          handler_(std::move(handler)),
+          work_(asio::prefer(asio::get_associated_executor(handler_, io_ex),
+                             asio::execution::outstanding_work.tracked)) {}
+
+private:
+    // Runs on the handler's executor: frees the operation, then calls the handler. Destroyed
+    // without being called (context shut down), it frees the operation without calling.
+    class completion {
+    public:
+        completion(wait_op* op, error_code ec) noexcept : op_(op), ec_(ec) {}
+        completion(completion&& other) noexcept
+            : op_(std::exchange(other.op_, nullptr)), ec_(other.ec_) {}
+        completion& operator=(completion&&) = delete;
+        ~completion() {
+            if (op_)
+                release(op_);
+        }
+
+        using allocator_type = asio::associated_allocator_t<Handler>;
+        allocator_type get_allocator() const noexcept {
+            return asio::get_associated_allocator(op_->handler_);
+        }
+
+        void operator()() {
+            wait_op* op = std::exchange(op_, nullptr);
+            auto slot = asio::get_associated_cancellation_slot(op->handler_);
+            if (slot.is_connected())
+                slot.clear();
+            Handler handler(std::move(op->handler_));
+            handler_executor work(std::move(op->work_));
+            release(op);
+            std::move(handler)(ec_);
+        }
+
+    private:
+        wait_op* op_;
+        error_code ec_;
+    };
+
+    static void release(wait_op* op) {
+        allocator_type alloc(asio::get_associated_allocator(op->handler_));
+        std::allocator_traits<allocator_type>::destroy(alloc, op);
+        std::allocator_traits<allocator_type>::deallocate(alloc, op, 1);
+    }
+
+    static void do_finish(pending_wait* base, error_code ec, bool post) {
+        auto* op = static_cast<wait_op*>(base);
+        handler_executor ex = op->work_;
+        if (post)
+            asio::post(ex, completion(op, ec));
+        else
+            asio::dispatch(ex, completion(op, ec));
+    }
+
+    static void do_destroy(pending_wait* base) { release(static_cast<wait_op*>(base)); }
+
+    Handler handler_;
+    handler_executor work_;
+};
+
+/// Installed in the handler's cancellation slot while a wait is pending.
+class cancel_handler {
+public:
+    cancel_handler(poll_service& service, pending_wait* wait) noexcept
+        : service_(&service), wait_(wait) {}
+    void operator()(asio::cancellation_type_t type) {
+        if ((type & (asio::cancellation_type::terminal | asio::cancellation_type::partial |
+                     asio::cancellation_type::total)) != asio::cancellation_type::none)
+            service_->cancel(wait_);
+    }
+
+private:
+    poll_service* service_;
+    pending_wait* wait_;
+};
+
+} // namespace sysv::detail
+
+export namespace sysv {
+
+// ---------------------------------------------------------------------------------------------
+// Asynchronous semaphore set
+// ---------------------------------------------------------------------------------------------
+
+/// A semaphore set with an executor: everything semaphore_set does, plus waits that are Asio
+/// asynchronous operations and never block a thread.
+///
+/// Every async_* function:
+///  * has the completion signature `void(boost::system::error_code)` and accepts any completion
+///    token (use_awaitable, deferred, callbacks, use_future, as_tuple, awaitable operators);
+///  * makes its first semop(IPC_NOWAIT) attempt in the initiating function, but never calls the
+///    handler from there: the handler runs on its associated executor (by default this object's
+///    executor), its memory comes from its associated allocator, and the work is tracked while
+///    the wait is pending (io_context::run() does not return);
+///  * supports per-operation cancellation of type terminal, partial and total through the
+///    handler's associated cancellation slot: a cancelled wait has applied nothing and completes
+///    with asio::error::operation_aborted; a wait whose semop already succeeded when the
+///    cancellation arrives completes with success (units are never lost);
+///  * completes with sysv::errc::removed, within one poll of the backoff (at most max_sleep),
+///    when the set is removed by anyone while it waits.
+/// Cancel every wait of this object with cancel() or close(). Waits time out by racing a timer
+/// (awaitable operators `||`, or experimental::make_parallel_group).
+///
+/// Thread safety: as for Asio's I/O objects, one object must not be used from two threads at
+/// once; waits of one execution context may complete on any of its threads (use a strand).
+template <class Executor = boost::asio::any_io_executor>
+class basic_async_semaphore_set : public semaphore_set {
+public:
+    using executor_type = Executor;
+    template <class OtherExecutor>
+    struct rebind_executor {
+        using other = basic_async_semaphore_set<OtherExecutor>;
+    };
+
+    /// An object using `ex` for its waits, taking over `set`.
+    explicit basic_async_semaphore_set(const executor_type& ex, semaphore_set set = {},
+                                       const backoff& default_backoff = {})
+        : semaphore_set(std::move(set)), executor_(ex), backoff_(default_backoff),
+          owner_(detail::poll_service::new_owner_id()) {}
+
+    template <class ExecutionContext>
+        requires std::is_convertible_v<ExecutionContext&, boost::asio::execution_context&>
+    explicit basic_async_semaphore_set(ExecutionContext& context, semaphore_set set = {},
+                                       const backoff& default_backoff = {})
+        : basic_async_semaphore_set(context.get_executor(), std::move(set), default_backoff) {}
+
+    /// Pending waits of the moved-from object now belong to this one (cancel() reaches them).
+    basic_async_semaphore_set(basic_async_semaphore_set&& other) noexcept
+        : semaphore_set(std::move(other)), executor_(other.executor_), backoff_(other.backoff_),
+          owner_(std::exchange(other.owner_, detail::poll_service::new_owner_id())),
+          service_(other.service_) {}
+    /// Conversion from an object with another executor type (e.g. as_default_on).
+    template <class OtherExecutor>
+        requires std::is_constructible_v<Executor, const OtherExecutor&> &&
+                     (!std::is_same_v<OtherExecutor, Executor>)
+    basic_async_semaphore_set(basic_async_semaphore_set<OtherExecutor>&& other) noexcept
+        : semaphore_set(std::move(other)), executor_(other.executor_), backoff_(other.backoff_),
+          owner_(std::exchange(other.owner_, detail::poll_service::new_owner_id())),
+          service_(other.service_) {}
+    basic_async_semaphore_set& operator=(basic_async_semaphore_set&& other) noexcept {
+        if (this != &other) {
+            cancel();
+            semaphore_set::operator=(std::move(other));
+            executor_ = other.executor_;
+            backoff_ = other.backoff_;
+            owner_ = std::exchange(other.owner_, detail::poll_service::new_owner_id());
+            service_ = other.service_;
+        }
+        return *this;
+    }
+    /// Cancels pending waits (they complete with operation_aborted); the set stays.
+    ~basic_async_semaphore_set() { cancel(); }
+
+    executor_type get_executor() const noexcept { return executor_; }
+
+    /// The backoff of waits started without one.
+    const backoff& default_backoff() const noexcept { return backoff_; }
+    void set_default_backoff(const backoff& b) noexcept { backoff_ = b; }
+
+    /// Waits until all `ops` can be applied together, then applies them atomically.
+    template <boost::asio::completion_token_for<void(error_code)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_apply(operation_list ops,
+                     Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return async_apply(ops, backoff_, std::forward<Token>(token));
+    }
+    /// async_apply with a backoff for this wait only.
+    template <boost::asio::completion_token_for<void(error_code)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_apply(operation_list ops, const backoff& b,
+                     Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_initiate<Token, void(error_code)>(
+            initiate_wait{this}, token, detail::operation_group(ops), b);
+    }
+
+    /// async_apply that gives up after `timeout`: completes with asio::error::timed_out, having
+    /// applied nothing. The deadline is checked on the poll service's ticks, so the completion
+    /// may come up to one backoff period (at most max_sleep) after it.
+    template <boost::asio::completion_token_for<void(error_code)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_apply_for(operation_list ops, std::chrono::steady_clock::duration timeout,
+                         Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_initiate<Token, void(error_code)>(
+            initiate_wait{this}, token, detail::operation_group(ops), backoff_,
+            std::optional<std::chrono::steady_clock::duration>(timeout));
+    }
+
+    /// P: waits until `n` units (1..32767) of semaphore `index` are available and takes them.
+    template <boost::asio::completion_token_for<void(error_code)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_acquire(std::size_t index,
+                       Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return async_apply(op::acquire(index), std::forward<Token>(token));
+    }
+    template <boost::asio::completion_token_for<void(error_code)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_acquire(std::size_t index, int n,
+                       Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return async_apply(op::acquire(index, n), std::forward<Token>(token));
+    }
+
+    /// Waits until semaphore `index` is zero.
+    template <boost::asio::completion_token_for<void(error_code)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_wait_zero(std::size_t index,
+                         Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return async_apply(op::wait_zero(index), std::forward<Token>(token));
+    }
+
+    /// Applies `ops` now if possible (see semaphore_set::try_apply); a release wakes this
+    /// process's waiters on the set at once instead of at their next poll.
+    bool try_apply(operation_list ops, error_code& ec) {
+        const bool applied = semaphore_set::try_apply(ops, ec);
+        if (applied && detail::releases(ops))
+            service().kick(id());
+        return applied;
+    }
+    bool try_apply(operation_list ops) {
+        const bool applied = semaphore_set::try_apply(ops);
+        if (applied && detail::releases(ops))
+            service().kick(id());
+        return applied;
+    }
+
+    /// Removes the set (IPC_RMID); this process's waiters on it complete with errc::removed at
+    /// once, other processes' at their next poll.
+    void remove(error_code& ec) {
+        const int old_id = id();
+        semaphore_set::remove(ec);
+        if (!ec)
+            service().kick(old_id);
+    }
+    void remove() {
+        const int old_id = id();
+        semaphore_set::remove();
+        service().kick(old_id);
+    }
+
+    /// Completes every pending wait of this object with operation_aborted.
+    void cancel() {
+        if (service_ != nullptr) // no wait was ever started otherwise
+            service_->cancel_owner(owner_);
+    }
+    /// Cancels pending waits and gives up the handle (the kernel object stays).
+    void close() {
+        cancel();
+        semaphore_set::operator=(semaphore_set());
+    }
+
+    /// Number of waits pending on this object's execution context (all objects).
+    std::size_t pending_waits() const { return service().pending(); }
+
+private:
+    struct initiate_wait {
+        basic_async_semaphore_set* self;
+        using executor_type = Executor;
+        executor_type get_executor() const noexcept { return self->executor_; }
+
+        template <class Handler>
+        void operator()(Handler&& handler, detail::operation_group group, const backoff& b,
+                        std::optional<std::chrono::steady_clock::duration> timeout = {}) const {
+            self->start_wait(std::forward<Handler>(handler), std::move(group), b, timeout);
+        }
+    };
+
+    detail::poll_service& service() const {
+        if (service_ == nullptr)
+            service_ = &boost::asio::use_service<detail::poll_service>(
+                boost::asio::query(executor_, boost::asio::execution::context));
+        return *service_;
+    }
+
+    template <class Handler>
+    void start_wait(Handler&& handler, detail::operation_group group, const backoff& b,
+                    std::optional<std::chrono::steady_clock::duration> timeout) {
+        namespace asio = boost::asio;
+        error_code ec = validate(group.list());
+        if (!ec)
+            ec = b.validate();
+        if (!ec) {
+            // The fast path: one semop before any allocation.
+            detail::semop_buffer raw(group.list(), IPC_NOWAIT);
+            switch (detail::try_semop(id(), raw, ec)) {
+            case detail::attempt_result::applied:
+                if (group.releases())
+                    service().kick(id());
+                break;
+            case detail::attempt_result::failed:
+                break;
+            case detail::attempt_result::would_block: {
+                using op_type = detail::wait_op<std::decay_t<Handler>, executor_type>;
+                auto slot = asio::get_associated_cancellation_slot(handler);
+                auto* wait = op_type::create(std::move(handler), executor_, id(), size(), owner_,
+                                             std::move(group), b);
+                if (timeout)
+                    wait->deadline = std::chrono::steady_clock::now() + *timeout;
+                auto& svc = service();
+                if (slot.is_connected())
+                    slot.template emplace<detail::cancel_handler>(svc, wait);
+                svc.start(wait, asio::any_io_executor(executor_));
+                return;
+            }
+            }
+        }
+        asio::post(executor_, asio::append(std::forward<Handler>(handler), ec));
+    }
+
+    template <class>
+    friend class basic_async_semaphore_set;
+
+    executor_type executor_;
+    backoff backoff_;
+    std::uint64_t owner_;
+    mutable detail::poll_service* service_ = nullptr; // set by the first use
+};
+
+using async_semaphore_set = basic_async_semaphore_set<>;
+
+// ---------------------------------------------------------------------------------------------
+// Race-free open without blocking
+// ---------------------------------------------------------------------------------------------
+
+namespace detail {
+/// The composed operation of async_open_or_create.
+struct open_op {
+    detail::set_opener opener;
+    std::unique_ptr<boost::asio::steady_timer> timer;
+    bool started = false;
+    std::optional<std::pair<error_code, semaphore_set>> finished;
+
+    template <class Self>
+    void operator()(Self& self, error_code wait_error = {}) {
+        if (finished) { // the posted completion of a first step that finished at once
+            auto [ec, set] = std::move(*finished);
+            self.complete(ec, std::move(set));
+            return;
+        }
+        // Cancelled during the timer wait, or between two looks (the composed operation's
+        // cancellation state remembers an emit that came while no wait was pending).
+        if (wait_error || (started && self.cancelled() != boost::asio::cancellation_type::none)) {
+            self.complete(wait_error ? wait_error : boost::asio::error::operation_aborted,
+                          semaphore_set());
+            return;
+        }
+        semaphore_set result;
+        error_code ec;
+        if (opener.step(result, ec)) {
+            if (started) {
+                self.complete(ec, std::move(result));
+            } else { // never complete from the initiating function
+                finished.emplace(ec, std::move(result));
+                boost::asio::post(timer->get_executor(), std::move(self));
+            }
+            return;
+        }
+        if (!started) {
+            started = true;
+            self.reset_cancellation_state(boost::asio::enable_total_cancellation());
+        }
+        timer->expires_after(opener.options().poll_interval);
+        timer->async_wait(std::move(self));
+    }
+};
+} // namespace detail
+
+/// semaphore_set::open_or_create without blocking the thread: creates the set, or opens it and
+/// waits (on a timer of `ex`, every options.poll_interval) until its creator has published the
+/// initial values, then verifies it is ours. Completion signature
+/// `void(error_code, semaphore_set)`; errors as for the blocking version (foreign_object,
+/// not_initialised after options.initialisation_timeout or when the creator died). The first
+/// look happens in the initiating function; the handler runs on its associated executor (by
+/// default `ex`). Supports terminal, partial and total cancellation while waiting for another
+/// process's creator (operation_aborted; nothing was created by this call then).
+template <class Executor, boost::asio::completion_token_for<void(error_code, semaphore_set)> Token =
+                              boost::asio::default_completion_token_t<Executor>>
+    requires boost::asio::execution::executor<Executor> || boost::asio::is_executor<Executor>::value
+auto async_open_or_create(const Executor& ex, key k, std::span<const int> initial_values,
+                          mode_t mode, const open_options& options,
+                          Token&& token = boost::asio::default_completion_token_t<Executor>{}) {
+    auto timer = std::make_unique<boost::asio::steady_timer>(ex);
+    auto& timer_ref = *timer;
+    return boost::asio::async_compose<Token, void(error_code, semaphore_set)>(
+        detail::open_op{detail::set_opener(k, initial_values, mode, options), std::move(timer),
+                        false, std::nullopt},
+        token, timer_ref);
+}
+
+template <class Executor, boost::asio::completion_token_for<void(error_code, semaphore_set)> Token =
+                              boost::asio::default_completion_token_t<Executor>>
+    requires boost::asio::execution::executor<Executor> || boost::asio::is_executor<Executor>::value
+auto async_open_or_create(const Executor& ex, key k, std::span<const int> initial_values,
+                          Token&& token = boost::asio::default_completion_token_t<Executor>{}) {
+    return async_open_or_create(ex, k, initial_values, 0600, open_options{},
+                                std::forward<Token>(token));
+}
+} // namespace sysv

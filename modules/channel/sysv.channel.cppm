@@ -1,0 +1,809 @@
+// sysv.channel: a bounded broadcast message channel between processes (sysv::basic_channel),
+// the ring of sysv.ring in a shared segment, guarded by the semaphores of sysv.async.
+module;
+
+#include <boost/asio.hpp>
+
+#include <sys/sem.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+export module sysv.channel;
+
+export import sysv.async;
+export import sysv.ring;
+
+export namespace sysv {
+
+/// The shape and behaviour of a channel (the shape is fixed at creation and checked on open).
+struct channel_options {
+    ring::layout shape{};
+    /// How long a writer waits for a live reader that does not consume before dropping the
+    /// oldest messages (that reader then gets errc::messages_missed). Bounds how long a stopped
+    /// or slow reader can stall the writers.
+    std::chrono::milliseconds slow_reader_grace{1000};
+    mode_t mode = 0600;
+    /// Backoff of the channel's waits (lock, new messages, space).
+    backoff wait_backoff{};
+    /// Bound on waiting for another process that is creating the channel's semaphore set.
+    open_options open{};
+};
+
+/// A message received from a channel.
+struct channel_message {
+    std::vector<std::byte> bytes;
+    std::uint32_t sender_pid = 0;
+    std::uint64_t sequence = 0; ///< position in the channel's history (all senders)
+    std::uint64_t missed = 0;   ///< with errc::messages_missed: how many were dropped
+    std::string_view text() const noexcept {
+        return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+    }
+};
+
+namespace detail {
+/// Semaphores of a channel's set: the lock, the writers' "space" doorbell, the member count,
+/// one liveness semaphore per reader slot (1 = free, taken with SEM_UNDO by its reader so the
+/// kernel frees it when the reader dies), one doorbell per reader slot.
+struct channel_semaphores {
+    std::size_t readers;
+    static constexpr std::size_t lock = 0, space = 1, members = 2;
+    std::size_t slot(std::size_t r) const noexcept { return 3 + r; }
+    std::size_t doorbell(std::size_t r) const noexcept { return 3 + readers + r; }
+    std::size_t count() const noexcept { return 3 + 2 * readers; }
+    std::vector<int> initial_values() const {
+        std::vector<int> v(count(), 0);
+        v[lock] = 1;
+        for (std::size_t r = 0; r < readers; ++r)
+            v[slot(r)] = 1;
+        return v;
+    }
+};
+} // namespace detail
+
+/// A bounded broadcast message channel between processes: one shared segment holding a ring
+/// (sysv::ring) and one semaphore set, both at the same key. Any process may send; up to
+/// shape.max_readers processes join as readers and each receives every message sent after it
+/// joined, in order.
+///
+///  * Writers are held back while a live reader has not consumed what would be overwritten
+///    (backpressure), but never longer than slow_reader_grace: then the oldest messages are
+///    dropped and that reader's next receive reports errc::messages_missed with the count.
+///  * The lock is taken with SEM_UNDO: a process killed while holding it releases it. A writer
+///    killed mid-write leaves no partial message visible (the record is published by moving
+///    head after it is complete; a dirty marker records the interruption and is repaired).
+///  * A reader's slot is a semaphore it holds with SEM_UNDO: when it dies its slot is freed,
+///    writers stop waiting for it, and async_reap_lost() reports it once.
+///  * Everything read from the segment is validated against its real size; a malformed
+///    segment gives errc::corrupt_segment, never a crash.
+///  * Readers drain every available message per wake-up (one lock round trip for a batch);
+///    async_receive then hands them out one by one without syscalls.
+///
+/// All async operations follow basic_async_semaphore_set's rules (any completion token,
+/// handler on its associated executor, never completed inline, per-operation cancellation of
+/// the underlying waits). The channel object must outlive its operations and must not be
+/// moved while any is pending; one operation of a kind at a time per object (one send, one
+/// receive).
+template <class Executor = boost::asio::any_io_executor>
+class basic_channel {
+public:
+    using executor_type = Executor;
+    static constexpr std::size_t no_slot = static_cast<std::size_t>(-1);
+
+    /// Opens the channel at `k`, or creates it (segment and set, mode options.mode). The set
+    /// is opened race-free (semaphore_set::open_or_create); the segment is initialised by the
+    /// first process to take the lock. An existing channel with another shape, owner or mode is
+    /// errc::foreign_object. May block briefly: while another process is creating the set (at
+    /// most options.open.initialisation_timeout) and while another holds the lock (a critical
+    /// section lasts microseconds; a dead holder's lock is released by the kernel).
+    static basic_channel open_or_create(const executor_type& ex, key k,
+                                        const channel_options& options, error_code& ec) {
+        ec = ring::validate(options.shape);
+        if (ec)
+            return basic_channel(ex, options);
+        const detail::channel_semaphores sems{options.shape.max_readers};
+        const auto values = sems.initial_values();
+        auto set = semaphore_set::open_or_create(k, values, options.mode, options.open, ec);
+        if (ec)
+            return basic_channel(ex, options);
+        auto segment = shared_memory::open_or_create(
+            k, static_cast<std::size_t>(ring::segment_size(options.shape)), options.mode, ec);
+        if (ec)
+            return basic_channel(ex, options);
+        auto view = segment.attach(ec);
+        if (ec)
+            return basic_channel(ex, options);
+        basic_channel ch(ex, options);
+        ch.set_ = basic_async_semaphore_set<Executor>(ex, std::move(set), options.wait_backoff);
+        ch.segment_ = std::move(segment);
+        ch.memory_ = std::move(view);
+        // Initialise (or check) the segment under the lock.
+        if (!ch.set_.try_apply_for(
+                lock_op(), std::chrono::milliseconds(options.open.initialisation_timeout), ec)) {
+            if (!ec)
+                ec = make_error_code(errc::not_initialised);
+            return ch;
+        }
+        const auto bytes = ch.memory_.bytes();
+        if (ring::is_blank(bytes)) {
+            ring::initialise(bytes, options.shape);
+        } else {
+            auto v = ring::view::open(bytes, ec);
+            if (!ec && !(v.shape() == options.shape))
+                ec = make_error_code(errc::foreign_object);
+        }
+        error_code unlock_error;
+        ch.set_.try_apply(op::release(sems.lock).undo(), unlock_error);
+        if (!ec)
+            ec = unlock_error;
+        return ch;
+    }
+    static basic_channel open_or_create(const executor_type& ex, key k,
+                                        const channel_options& options = {}) {
+        error_code ec;
+        auto ch = open_or_create(ex, k, options, ec);
+        if (ec)
+            detail::throw_error(ec, "channel open_or_create", "channel (key " + to_string(k) + ")",
+                                ring::describe(options.shape));
+        return ch;
+    }
+
+    basic_channel(basic_channel&&) noexcept = default;
+    basic_channel& operator=(basic_channel&&) noexcept = default;
+    ~basic_channel() = default;
+
+    executor_type get_executor() const noexcept { return set_.get_executor(); }
+    const ring::layout& shape() const noexcept { return options_.shape; }
+    /// This process's reader slot, or no_slot before async_join.
+    std::size_t slot() const noexcept { return slot_; }
+    basic_async_semaphore_set<Executor>& semaphores() noexcept { return set_; }
+    const shared_memory& segment() const noexcept { return segment_; }
+    /// Messages received from the ring but not yet handed out by async_receive.
+    std::size_t buffered() const noexcept { return inbox_.size(); }
+
+    /// Takes a free reader slot (with SEM_UNDO) and counts this process as a member. `label`
+    /// (up to 47 bytes) is shown to others by async_members and async_reap_lost. Completion:
+    /// `void(error_code)`; errc::no_free_slot when all slots are taken.
+    template <boost::asio::completion_token_for<void(error_code)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_join(std::string label,
+                    Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_compose<Token, void(error_code)>(join_op{this, std::move(label)},
+                                                                   token, get_executor());
+    }
+
+    /// Gives the reader slot back. The last member to leave removes the segment and the set.
+    /// Completion: `void(error_code, bool removed)`.
+    template <boost::asio::completion_token_for<void(error_code, bool)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_leave(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_compose<Token, void(error_code, bool)>(leave_op{this}, token,
+                                                                         get_executor());
+    }
+
+    /// Sends one message (at most shape().max_message_size bytes) to every joined reader. The
+    /// buffer must stay valid until completion. Completion: `void(error_code)`.
+    template <boost::asio::completion_token_for<void(error_code)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_send(boost::asio::const_buffer message,
+                    Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_compose<Token, void(error_code)>(send_op{this, message}, token,
+                                                                   get_executor());
+    }
+
+    /// Sends each buffer of `messages` as one message, in order, taking the lock once for as
+    /// many as fit (the cost per message is then a copy, not two semops). Waits for room like
+    /// async_send when the ring is full, and completes when all are sent. The buffers and the
+    /// span's array must stay valid until completion. Completion: `void(error_code)`; a
+    /// message above the size limit fails the whole batch before anything is sent. Cancelled
+    /// while waiting for room, it completes with operation_aborted; the messages before that
+    /// point were sent.
+    template <boost::asio::completion_token_for<void(error_code)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto
+    async_send_batch(std::span<const boost::asio::const_buffer> messages,
+                     Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_compose<Token, void(error_code)>(
+            send_op{this, {}, messages.data(), messages.size()}, token, get_executor());
+    }
+
+    /// Receives the next message (requires async_join). Completion:
+    /// `void(error_code, channel_message)`. errc::messages_missed (with message.missed set)
+    /// reports messages dropped because this reader did not keep up; the next receive continues
+    /// with the oldest message still available.
+    template <boost::asio::completion_token_for<void(error_code, channel_message)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_receive(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_compose<Token, void(error_code, channel_message)>(
+            receive_op<false>{this}, token, get_executor());
+    }
+
+    /// Receives every message available now (at least one; waits like async_receive when
+    /// there is none): one completion for a whole batch. Completion:
+    /// `void(error_code, std::vector<channel_message>)`; errc::messages_missed comes alone,
+    /// as one message with `missed` set.
+    template <boost::asio::completion_token_for<void(error_code, std::vector<channel_message>)>
+                  Token = boost::asio::default_completion_token_t<executor_type>>
+    auto
+    async_receive_batch(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_compose<Token, void(error_code, std::vector<channel_message>)>(
+            receive_op<true>{this}, token, get_executor());
+    }
+
+    /// Readers that died without leaving (their slot semaphore was freed by the kernel): each
+    /// is reported once, to the first process that asks, and its slot is cleared. Completion:
+    /// `void(error_code, std::vector<ring::member>)`.
+    template <boost::asio::completion_token_for<void(error_code, std::vector<ring::member>)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_reap_lost(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_compose<Token, void(error_code, std::vector<ring::member>)>(
+            table_op{this, true}, token, get_executor());
+    }
+
+    /// The joined readers that are alive. Completion:
+    /// `void(error_code, std::vector<ring::member>)`.
+    template <boost::asio::completion_token_for<void(error_code, std::vector<ring::member>)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_members(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_compose<Token, void(error_code, std::vector<ring::member>)>(
+            table_op{this, false}, token, get_executor());
+    }
+
+    /// Removes the segment and the set now (pending operations everywhere fail with
+    /// errc::removed).
+    void remove(error_code& ec) {
+        error_code ignored;
+        segment_.remove(ignored);
+        set_.remove(ec);
+    }
+    void remove() {
+        error_code ec;
+        remove(ec);
+        if (ec)
+            detail::throw_error(ec, "channel remove", set_.description());
+    }
+
+    /// Aborts this object's pending waits (operation_aborted); operations continue to be
+    /// accepted.
+    void cancel() { set_.cancel(); }
+
+    /// Aborts every operation of this object, pending or between two steps, and refuses new
+    /// ones (operation_aborted). A step that has just taken the lock gives it back first. The
+    /// kernel objects stay (see async_leave and remove()).
+    void close() {
+        closed_ = true;
+        set_.cancel();
+    }
+    bool is_closed() const noexcept { return closed_; }
+
+private:
+    basic_channel(const executor_type& ex, const channel_options& options)
+        : options_(options), sems_{options.shape.max_readers}, set_(ex),
+          pid_(static_cast<std::uint32_t>(::getpid())) {}
+
+    static operation lock_op() noexcept {
+        return op::acquire(detail::channel_semaphores::lock).undo();
+    }
+    static operation unlock_op() noexcept {
+        return op::release(detail::channel_semaphores::lock).undo();
+    }
+
+    ring::view open_view(error_code& ec) { return ring::view::open(memory_.bytes(), ec); }
+
+    /// Releases the lock together with `extra` operations (doorbells), in one semop. If that
+    /// group fails (a doorbell at SEMVMX), the lock alone is still released.
+    void unlock(std::vector<operation>& extra, error_code& ec) {
+        extra.insert(extra.begin(), unlock_op());
+        if (!set_.try_apply(std::span<const operation>(extra), ec) && ec && ec != errc::removed &&
+            extra.size() > 1)
+            set_.try_apply(unlock_op(), ec);
+    }
+    void unlock(error_code& ec) { set_.try_apply(unlock_op(), ec); }
+
+    /// One GETALL: which reader slots are held by live readers.
+    std::vector<std::uint8_t> live_slots(error_code& ec) const {
+        std::vector<std::uint8_t> live(options_.shape.max_readers, 0);
+        const auto values = set_.values(ec);
+        if (!ec)
+            for (std::size_t r = 0; r < live.size(); ++r)
+                live[r] = values[sems_.slot(r)] == 0 ? 1 : 0;
+        return live;
+    }
+
+    /// Finds dead readers' entries (in use, slot free), clears them and reports them.
+    void reap(ring::view& view, const std::vector<int>& values, std::vector<ring::member>& out) {
+        for (std::size_t r = 0; r < options_.shape.max_readers; ++r)
+            if (view.in_use(r) && values[sems_.slot(r)] == 1 && r != slot_) {
+                out.push_back({r, view.pid(r), view.label(r)});
+                view.leave(r);
+            }
+    }
+
+    /// After close(): an operation re-entering with the lock just taken gives it back; every
+    /// operation then completes with operation_aborted.
+    bool closed_at_step(bool lock_taken) {
+        if (!closed_)
+            return false;
+        if (lock_taken) {
+            error_code ignored;
+            unlock(ignored);
+        }
+        return true;
+    }
+    static error_code aborted() noexcept { return boost::asio::error::operation_aborted; }
+
+    /// Defers a completion decided in an initiating function: the operation is posted to the
+    /// channel's executor and completes from there (never inline).
+    template <class Self, class Result>
+    void defer(Self& handler, std::optional<Result>& slot, Result result) {
+        slot.emplace(std::move(result));
+        boost::asio::post(get_executor(), std::move(handler));
+    }
+
+    struct join_op {
+        basic_channel* self;
+        std::string label;
+        bool locking = false;
+        std::optional<error_code> deferred{};
+
+        template <class Self>
+        void operator()(Self& handler, error_code ec = {}) {
+            auto& ch = *self;
+            if (deferred)
+                return handler.complete(*deferred);
+            if (!locking && ch.closed_)
+                return ch.defer(handler, deferred, aborted());
+            if (locking && ch.closed_at_step(!ec)) {
+                error_code ignored;
+                ch.set_.try_apply(op::release(ch.sems_.slot(ch.slot_)).undo(), ignored);
+                ch.slot_ = no_slot;
+                return handler.complete(aborted());
+            }
+            if (!locking) {
+                if (ch.slot_ != no_slot || !ch.set_.is_open())
+                    return ch.defer(handler, deferred,
+                                    make_error_code(ch.set_.is_open() ? errc::invalid_argument
+                                                                      : errc::not_open));
+                // Take a free slot: one GETALL, then try the free ones, preferring slots whose
+                // table entry is clear (a stale entry of a dead reader stays for
+                // async_reap_lost to report). The table is only a hint here (no lock).
+                auto values = ch.set_.values(ec);
+                error_code view_error;
+                auto hint = ch.open_view(view_error);
+                for (int pass = 0; pass < 2 && !ec && ch.slot_ == no_slot; ++pass)
+                    for (std::size_t r = 0; !ec && r < ch.options_.shape.max_readers; ++r) {
+                        const bool stale = !view_error && hint.in_use(r);
+                        if (values[ch.sems_.slot(r)] != 1 || (pass == 0 && stale))
+                            continue;
+                        if (ch.set_.try_apply(op::acquire(ch.sems_.slot(r)).undo(), ec)) {
+                            ch.slot_ = r;
+                            break;
+                        }
+                    }
+                if (!ec && ch.slot_ == no_slot)
+                    ec = make_error_code(errc::no_free_slot);
+                if (ec)
+                    return ch.defer(handler, deferred, ec);
+                locking = true;
+                ch.set_.async_apply(lock_op(), std::move(handler));
+                return;
+            }
+            if (!ec) {
+                auto view = ch.open_view(ec);
+                if (!ec) {
+                    // A dead predecessor in our slot is reported by our async_reap_lost.
+                    if (view.in_use(ch.slot_))
+                        ch.lost_.push_back({ch.slot_, view.pid(ch.slot_), view.label(ch.slot_)});
+                    view.join(ch.slot_, ch.pid_, label);
+                    std::vector<operation> extra{op::release(ch.sems_.members).undo()};
+                    ch.unlock(extra, ec);
+                } else {
+                    error_code ignored;
+                    ch.unlock(ignored);
+                }
+            }
+            if (ec) { // give the slot back
+                error_code ignored;
+                ch.set_.try_apply(op::release(ch.sems_.slot(ch.slot_)).undo(), ignored);
+                ch.slot_ = no_slot;
+            }
+            handler.complete(ec);
+        }
+    };
+
+    struct leave_op {
+        basic_channel* self;
+        bool locking = false;
+        std::optional<error_code> deferred{};
+
+        template <class Self>
+        void operator()(Self& handler, error_code ec = {}) {
+            auto& ch = *self;
+            if (deferred)
+                return handler.complete(*deferred, false);
+            if (!locking && ch.closed_)
+                return ch.defer(handler, deferred, aborted());
+            if (locking && ch.closed_at_step(!ec))
+                return handler.complete(aborted(), false);
+            if (!locking) {
+                if (ch.slot_ == no_slot)
+                    return ch.defer(handler, deferred, make_error_code(errc::invalid_argument));
+                locking = true;
+                ch.set_.async_apply(lock_op(), std::move(handler));
+                return;
+            }
+            bool removed = false;
+            if (!ec) {
+                error_code view_error;
+                auto view = ch.open_view(view_error);
+                if (!view_error)
+                    view.leave(ch.slot_);
+                const int members = ch.set_.value(ch.sems_.members, ec);
+                if (!ec && members <= 1) {
+                    // The last member: remove everything (which also ends the lock).
+                    ch.remove(ec);
+                    removed = !ec;
+                } else if (!ec) {
+                    std::vector<operation> extra{op::acquire(ch.sems_.members).undo(),
+                                                 op::release(ch.sems_.slot(ch.slot_)).undo()};
+                    ch.unlock(extra, ec);
+                } else {
+                    error_code ignored;
+                    ch.unlock(ignored);
+                }
+            }
+            ch.slot_ = no_slot;
+            handler.complete(ec, removed);
+        }
+    };
+
+    struct send_op {
+        basic_channel* self;
+        boost::asio::const_buffer single;                 ///< async_send's message
+        const boost::asio::const_buffer* batch = nullptr; ///< async_send_batch's messages
+        std::size_t count = 1;
+        std::size_t next = 0; ///< the first message not sent yet
+        enum { start, locking, waiting_for_space } state = start;
+        std::optional<error_code> deferred{};
+
+        // Not stored as a span: the operation moves, and `single` with it.
+        const boost::asio::const_buffer& message(std::size_t i) const noexcept {
+            return batch != nullptr ? batch[i] : single;
+        }
+
+        template <class Self>
+        void operator()(Self& handler, error_code ec = {}) {
+            auto& ch = *self;
+            if (deferred)
+                return handler.complete(*deferred);
+            if (state == start && ch.closed_)
+                return ch.defer(handler, deferred, aborted());
+            if (state != start && ch.closed_at_step(state == locking && !ec))
+                return handler.complete(aborted());
+            switch (state) {
+            case start:
+                for (std::size_t i = 0; i < count; ++i)
+                    if (message(i).size() > ch.options_.shape.max_message_size)
+                        return ch.defer(handler, deferred, make_error_code(errc::limit_exceeded));
+                if (!ch.set_.is_open())
+                    return ch.defer(handler, deferred, make_error_code(errc::not_open));
+                if (count == 0)
+                    return ch.defer(handler, deferred, error_code{});
+                break;
+            case waiting_for_space:
+                if (ec == boost::asio::error::timed_out)
+                    ec.clear(); // the grace period is over: drop the oldest
+                break;
+            case locking:
+                if (!ec)
+                    return critical_section(handler);
+                break;
+            }
+            if (ec)
+                return handler.complete(ec);
+            state = locking;
+            ch.set_.async_apply(lock_op(), std::move(handler));
+        }
+
+        /// Appends as many messages as fit (all of them, unless a live reader holds the ring
+        /// full), rings the sleeping readers' doorbells, and releases the lock in one semop.
+        template <class Self>
+        void critical_section(Self& handler) {
+            auto& ch = *self;
+            error_code ec;
+            auto view = ch.open_view(ec);
+            if (ec) {
+                error_code ignored;
+                ch.unlock(ignored);
+                return handler.complete(ec);
+            }
+            view.repair();
+            bool collected = false; // one GETALL per lock hold at most
+            std::optional<std::chrono::steady_clock::duration> wait_for_room;
+            for (; next < count; ++next) {
+                const auto& m = message(next);
+                if (!view.fits(m.size()) && !collected) {
+                    const auto live = ch.live_slots(ec);
+                    if (ec)
+                        break;
+                    view.collect(live);
+                    collected = true;
+                }
+                if (view.fits(m.size())) {
+                    if (view.full_since() != 0)
+                        view.set_full_since(0);
+                } else {
+                    // The ring is full of what a live reader has not read. Wait for it (it
+                    // rings `space` when it reads), but only for the grace period counted from
+                    // when writers first found the ring full; then drop the oldest messages.
+                    const auto now = static_cast<std::uint64_t>(
+                        std::chrono::steady_clock::now().time_since_epoch().count());
+                    std::uint64_t since = view.full_since();
+                    if (since == 0 || since > now) { // unset, or nonsense from the segment
+                        since = now;
+                        view.set_full_since(since);
+                    }
+                    const auto waited = std::chrono::steady_clock::duration(now - since);
+                    if (waited < ch.options_.slow_reader_grace) {
+                        wait_for_room = ch.options_.slow_reader_grace - waited;
+                        break;
+                    }
+                    error_code corrupt;
+                    view.drop_oldest(m.size(), corrupt); // a corrupt ring is emptied
+                }
+                view.begin_write(ch.pid_);
+                view.append(
+                    std::span<const std::byte>(static_cast<const std::byte*>(m.data()), m.size()),
+                    ch.pid_, ec);
+                view.end_write();
+                if (ec)
+                    break;
+            }
+            std::vector<operation> extra;
+            for (std::size_t r = 0; r < ch.options_.shape.max_readers; ++r)
+                if (view.take_sleeping(r))
+                    extra.push_back(op::release(ch.sems_.doorbell(r)));
+            if (wait_for_room && !ec)
+                view.set_waiting_writers(view.waiting_writers() + 1);
+            error_code unlock_error;
+            ch.unlock(extra, unlock_error);
+            if (!ec)
+                ec = unlock_error;
+            if (ec || !wait_for_room)
+                return handler.complete(ec);
+            // A cancellation that came while no wait was pending is not lost (messages before
+            // `next` of a batch are sent; a single message was not).
+            if (handler.cancelled() != boost::asio::cancellation_type::none)
+                return handler.complete(aborted());
+            // Re-check at least every 50 ms even without a ring (belt and braces: a reader that
+            // made room and stopped calling receive cannot ring).
+            state = waiting_for_space;
+            ch.set_.async_apply_for(op::acquire(ch.sems_.space),
+                                    std::min<std::chrono::steady_clock::duration>(
+                                        *wait_for_room, std::chrono::milliseconds(50)),
+                                    std::move(handler));
+        }
+    };
+
+    /// async_receive (Batch = false: one message) and async_receive_batch (everything
+    /// buffered).
+    template <bool Batch>
+    struct receive_op {
+        using result_type =
+            std::conditional_t<Batch, std::vector<channel_message>, channel_message>;
+        basic_channel* self;
+        enum { start, locking, sleeping } state = start;
+        std::optional<std::pair<error_code, result_type>> deferred{};
+
+        template <class Self>
+        void operator()(Self& handler, error_code ec = {}) {
+            auto& ch = *self;
+            if (deferred)
+                return handler.complete(deferred->first, std::move(deferred->second));
+            if (state == start && ch.closed_)
+                return ch.defer(handler, deferred, std::pair(aborted(), result_type{}));
+            if (state != start && ch.closed_at_step(state == locking && !ec))
+                return handler.complete(aborted(), result_type{});
+            switch (state) {
+            case start:
+                if (ch.slot_ == no_slot)
+                    return ch.defer(
+                        handler, deferred,
+                        std::pair(make_error_code(errc::invalid_argument), result_type{}));
+                if (ch.pending_missed_ != 0 || !ch.inbox_.empty() || drain_without_lock())
+                    return ch.defer(handler, deferred, ch.template take_buffered<Batch>());
+                break;
+            case sleeping:
+                if (!ec && drain_without_lock()) {
+                    auto [result, message] = ch.template take_buffered<Batch>();
+                    return handler.complete(result, std::move(message));
+                }
+                break;
+            case locking:
+                if (!ec)
+                    return critical_section(handler);
+                break;
+            }
+            if (ec)
+                return handler.complete(ec, result_type{});
+            state = locking;
+            ch.set_.async_apply(lock_op(), std::move(handler));
+        }
+
+        /// The fast path (no syscall): messages between our cursor and head are ours to copy
+        /// without the lock. Not taken when writers wait for room (the locked path wakes them)
+        /// or when anything needs the lock's view (missed messages, a malformed ring).
+        bool drain_without_lock() {
+            auto& ch = *self;
+            error_code ec;
+            auto view = ch.open_view(ec);
+            if (ec || view.waiting_writers() > 0)
+                return false;
+            std::vector<ring::message> batch;
+            if (view.read_unlocked(ch.slot_, batch, max_batch) !=
+                    ring::view::unlocked_read::taken ||
+                batch.empty())
+                return false;
+            for (auto& m : batch)
+                ch.inbox_.push_back(std::move(m));
+            return true;
+        }
+
+        template <class Self>
+        void critical_section(Self& handler) {
+            auto& ch = *self;
+            error_code ec;
+            auto view = ch.open_view(ec);
+            std::vector<ring::message> batch;
+            std::uint64_t missed = 0;
+            if (!ec)
+                view.read(ch.slot_, batch, missed, max_batch, ec);
+            std::vector<operation> extra;
+            const bool progressed = !batch.empty() || missed != 0;
+            if (view.waiting_writers() > 0) {
+                // Wake the writers waiting for room (they re-check under the lock). Even when
+                // this pass read nothing: this reader may have made the room earlier, on its
+                // lock-free path, while the writer was deciding to wait.
+                extra.push_back(op::release(
+                    ch.sems_.space,
+                    static_cast<int>(std::min<std::uint32_t>(view.waiting_writers(), 1000))));
+                view.set_waiting_writers(0);
+            }
+            const bool sleep = !ec && !progressed;
+            if (sleep)
+                view.set_sleeping(ch.slot_, true);
+            error_code unlock_error;
+            ch.unlock(extra, unlock_error);
+            if (!ec)
+                ec = unlock_error;
+            if (ec)
+                return handler.complete(ec, result_type{});
+            if (sleep) { // until a writer rings this reader's doorbell
+                // A cancellation that came while no wait was pending is not lost: nothing was
+                // received, so abort before waiting again.
+                if (handler.cancelled() != boost::asio::cancellation_type::none)
+                    return handler.complete(aborted(), result_type{});
+                state = sleeping;
+                ch.set_.async_acquire(ch.sems_.doorbell(ch.slot_), std::move(handler));
+                return;
+            }
+            ch.pending_missed_ += missed;
+            for (auto& m : batch)
+                ch.inbox_.push_back(std::move(m));
+            auto [result, taken] = ch.template take_buffered<Batch>();
+            handler.complete(result, std::move(taken));
+        }
+    };
+
+    struct table_op {
+        basic_channel* self;
+        bool reap_lost;
+        bool locking = false;
+        std::optional<std::pair<error_code, std::vector<ring::member>>> deferred{};
+
+        template <class Self>
+        void operator()(Self& handler, error_code ec = {}) {
+            auto& ch = *self;
+            if (deferred)
+                return handler.complete(deferred->first, std::move(deferred->second));
+            if (!locking && ch.closed_)
+                return ch.defer(handler, deferred,
+                                std::pair(aborted(), std::vector<ring::member>{}));
+            if (locking && ch.closed_at_step(!ec))
+                return handler.complete(aborted(), std::vector<ring::member>{});
+            if (!locking) {
+                if (!ch.set_.is_open())
+                    return ch.defer(
+                        handler, deferred,
+                        std::pair(make_error_code(errc::not_open), std::vector<ring::member>{}));
+                locking = true;
+                ch.set_.async_apply(lock_op(), std::move(handler));
+                return;
+            }
+            std::vector<ring::member> result;
+            if (!ec) {
+                auto view = ch.open_view(ec);
+                std::vector<int> values;
+                if (!ec)
+                    values = ch.set_.values(ec);
+                if (!ec && reap_lost) {
+                    result = std::exchange(ch.lost_, {});
+                    ch.reap(view, values, result);
+                } else if (!ec) {
+                    for (std::size_t r = 0; r < ch.options_.shape.max_readers; ++r)
+                        if (view.in_use(r) && values[ch.sems_.slot(r)] == 0)
+                            result.push_back({r, view.pid(r), view.label(r)});
+                }
+                error_code unlock_error;
+                ch.unlock(unlock_error);
+                if (!ec)
+                    ec = unlock_error;
+            }
+            handler.complete(ec, std::move(result));
+        }
+    };
+
+    /// What a receive completes with: a missed-messages notice first (alone, as a message
+    /// with `missed` set), then one message, or for a batch every buffered message in order.
+    template <bool Batch>
+    auto take_buffered() {
+        if constexpr (Batch) {
+            std::vector<channel_message> all;
+            if (pending_missed_ != 0) {
+                auto [ec, notice] = next_buffered();
+                all.push_back(std::move(notice));
+                return std::pair(ec, std::move(all));
+            }
+            all.reserve(inbox_.size());
+            while (!inbox_.empty())
+                all.push_back(next_buffered().second);
+            return std::pair(error_code{}, std::move(all));
+        } else {
+            return next_buffered();
+        }
+    }
+
+    /// The next buffered result: a missed-messages notice first, then messages in order.
+    std::pair<error_code, channel_message> next_buffered() {
+        channel_message m;
+        if (pending_missed_ != 0) {
+            m.missed = std::exchange(pending_missed_, 0);
+            return {make_error_code(errc::messages_missed), std::move(m)};
+        }
+        auto& front = inbox_.front();
+        m.bytes = std::move(front.bytes);
+        m.sender_pid = front.sender_pid;
+        m.sequence = front.sequence;
+        inbox_.pop_front();
+        return {error_code{}, std::move(m)};
+    }
+
+    static constexpr std::size_t max_batch = 4096;
+
+    channel_options options_;
+    detail::channel_semaphores sems_;
+    basic_async_semaphore_set<Executor> set_;
+    shared_memory segment_;
+    attachment memory_;
+    std::uint32_t pid_;
+    std::size_t slot_ = no_slot;
+    std::deque<ring::message> inbox_;
+    std::uint64_t pending_missed_ = 0;
+    std::vector<ring::member> lost_;
+    bool closed_ = false;
+};
+
+using channel = basic_channel<>;
+
+} // namespace sysv

@@ -1,0 +1,239 @@
+// sysv.core: creating and opening semaphore sets, race-free open_or_create.
+module;
+
+#include <sys/ipc.h>
+#include <sys/sem.h>
+#include <sys/types.h>
+
+#include <cerrno>
+#include <csignal>
+#include <unistd.h>
+
+#include <boost/system/error_code.hpp>
+#include <boost/system/system_error.hpp>
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+module sysv.core;
+
+namespace sysv {
+
+namespace {
+
+// SETALL, then one semop that leaves the values as they are but sets sem_otime: the signal
+// open_or_create waits for. Order +1/-1 or -1/+1 so neither step leaves 0..SEMVMX.
+error_code initialise_and_publish(int id, std::span<const int> values) noexcept {
+    std::vector<unsigned short> raw(values.begin(), values.end());
+    semun arg{};
+    arg.array = raw.data();
+    if (::semctl(id, 0, SETALL, arg) == -1)
+        return detail::id_error(errno);
+    std::array<sembuf, 2> publish{};
+    const short first = values[0] > 0 ? -1 : 1;
+    publish[0] = {0, first, IPC_NOWAIT};
+    publish[1] = {0, static_cast<short>(-first), IPC_NOWAIT};
+    // IPC_NOWAIT: cannot block (the values were just set); EINTR cannot happen without a wait.
+    if (::semop(id, publish.data(), publish.size()) == -1)
+        return detail::id_error(errno);
+    return {};
+}
+
+int create_set(key k, std::span<const int> values, mode_t mode, error_code& ec) {
+    ec.clear();
+    if (!valid_mode(mode)) {
+        ec = make_error_code(errc::invalid_argument);
+        return -1;
+    }
+    if ((ec = check_values(values)))
+        return -1;
+    const int id = ::semget(k.value(), static_cast<int>(values.size()),
+                            IPC_CREAT | IPC_EXCL | static_cast<int>(mode));
+    if (id == -1) {
+        ec = last_error();
+        return -1;
+    }
+    if ((ec = initialise_and_publish(id, values))) {
+        ::semctl(id, 0, IPC_RMID); // do not leak what we created
+        return -1;
+    }
+    return id;
+}
+
+bool process_alive(pid_t pid) noexcept {
+    return pid <= 0 || ::kill(pid, 0) == 0 || errno == EPERM;
+}
+
+} // namespace
+
+semaphore_set semaphore_set::create(key k, std::span<const int> initial_values, mode_t mode,
+                                    error_code& ec) {
+    const int id = create_set(k, initial_values, mode, ec);
+    if (ec)
+        return {};
+    return semaphore_set(k, id, initial_values.size());
+}
+
+semaphore_set semaphore_set::create(key k, std::span<const int> initial_values, mode_t mode) {
+    error_code ec;
+    auto result = create(k, initial_values, mode, ec);
+    if (ec)
+        detail::throw_error(ec, "semget (create)", describe("semaphore set", k, -1),
+                            !valid_mode(mode)
+                                ? "mode " + mode_string(mode) + " has bits outside 0777"
+                                : values_detail(initial_values));
+    return result;
+}
+
+semaphore_set semaphore_set::open_id(int id, error_code& ec) {
+    ec.clear();
+    semid_ds ds{};
+    if ((ec = stat_set(id, ds)))
+        return {};
+    return semaphore_set(key(ds.sem_perm.__key), id, ds.sem_nsems);
+}
+
+semaphore_set semaphore_set::open_id(int id) {
+    error_code ec;
+    auto result = open_id(id, ec);
+    if (ec)
+        detail::throw_error(ec, "semctl (IPC_STAT)", "semaphore set id " + std::to_string(id));
+    return result;
+}
+
+semaphore_set semaphore_set::open(key k, error_code& ec) {
+    ec.clear();
+    const int id = ::semget(k.value(), 0, 0);
+    if (id == -1) {
+        ec = last_error();
+        return {};
+    }
+    semaphore_set result = open_id(id, ec);
+    result.key_ = k;
+    return result;
+}
+
+semaphore_set semaphore_set::open(key k) {
+    error_code ec;
+    auto result = open(k, ec);
+    if (ec)
+        detail::throw_error(ec, "semget (open)", describe("semaphore set", k, -1));
+    return result;
+}
+
+namespace detail {
+
+set_opener::set_opener(key k, std::span<const int> initial_values, mode_t mode,
+                       const open_options& options)
+    : key_(k), values_(initial_values.begin(), initial_values.end()), mode_(mode),
+      options_(options), deadline_(deadline_after(options.initialisation_timeout)) {}
+
+bool set_opener::step(semaphore_set& result, error_code& ec) {
+    ec.clear();
+    for (;;) {
+        if (!existing_.is_open()) {
+            // Bounded: each round creates, opens, or loses a race with a remover.
+            if (++attempts_ > 100) {
+                ec = make_error_code(errc::not_initialised);
+                return true;
+            }
+            const int created = create_set(key_, values_, mode_, ec);
+            if (!ec) {
+                result = semaphore_set(key_, created, values_.size());
+                return true;
+            }
+            if (ec != boost::system::errc::file_exists)
+                return true;
+            existing_ = semaphore_set::open(key_, ec);
+            if (ec == boost::system::errc::no_such_file_or_directory || ec == errc::removed) {
+                ec.clear(); // removed between our create and open: race again
+                continue;
+            }
+            if (ec)
+                return true;
+        }
+        semid_ds ds{};
+        if ((ec = stat_set(existing_.id_, ds))) {
+            if (ec != errc::removed)
+                return true;
+            existing_ = semaphore_set();
+            ec.clear();
+            continue;
+        }
+        const auto status = to_status(ds);
+        bool creator_alive = true;
+        if (!status.last_operation) {
+            // GETPID is set by the creator's SETALL; 0 before it.
+            error_code ignored;
+            creator_alive = process_alive(existing_.last_pid(0, ignored));
+        }
+        switch (classify_existing_set(status, values_.size(), mode_, ::geteuid(), creator_alive)) {
+        case open_step::ready:
+            result = std::move(existing_);
+            return true;
+        case open_step::foreign:
+            ec = make_error_code(errc::foreign_object);
+            return true;
+        case open_step::creator_died:
+            ec = make_error_code(errc::not_initialised);
+            return true;
+        case open_step::wait:
+            if (std::chrono::steady_clock::now() >= deadline_) {
+                ec = make_error_code(errc::not_initialised);
+                return true;
+            }
+            return false;
+        }
+    }
+}
+
+open_step classify_existing_set(const semaphore_set_status& status, std::size_t expected_size,
+                                mode_t expected_mode, uid_t expected_owner,
+                                bool creator_alive) noexcept {
+    if (status.owner.owner_uid != expected_owner || (status.owner.mode & 0777) != expected_mode ||
+        status.size != expected_size)
+        return open_step::foreign;
+    if (status.last_operation)
+        return open_step::ready;
+    return creator_alive ? open_step::wait : open_step::creator_died;
+}
+
+} // namespace detail
+
+semaphore_set semaphore_set::open_or_create(key k, std::span<const int> initial_values, mode_t mode,
+                                            const open_options& options, error_code& ec) {
+    detail::set_opener opener(k, initial_values, mode, options);
+    semaphore_set result;
+    while (!opener.step(result, ec))
+        std::this_thread::sleep_for(options.poll_interval);
+    return result;
+}
+
+semaphore_set semaphore_set::open_or_create(key k, std::span<const int> initial_values, mode_t mode,
+                                            const open_options& options) {
+    error_code ec;
+    auto result = open_or_create(k, initial_values, mode, options, ec);
+    if (ec) {
+        std::string detail = "wanted " + values_detail(initial_values) + ", mode " +
+                             mode_string(mode) + ", owner uid " + std::to_string(::geteuid());
+        error_code ignored;
+        if (auto existing = open(k, ignored); !ignored) {
+            if (auto st = existing.stat(ignored); !ignored)
+                detail += "; found id " + std::to_string(existing.id()) + " with " +
+                          std::to_string(st.size) + " semaphore(s), mode " +
+                          mode_string(st.owner.mode) + ", owner uid " +
+                          std::to_string(st.owner.owner_uid) +
+                          (st.last_operation ? "" : ", never published by its creator");
+        }
+        detail::throw_error(ec, "semget (open or create)", describe("semaphore set", k, -1),
+                            detail);
+    }
+    return result;
+}
+
+} // namespace sysv

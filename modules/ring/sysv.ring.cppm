@@ -1,0 +1,202 @@
+// sysv.ring: the byte layout and logic of a broadcast message ring in a shared segment, as plain
+// code over a std::span<std::byte> (no syscalls), so it is unit-tested and fuzzed without IPC.
+// sysv::channel (module sysv) drives it under its lock.
+//
+// Segment layout (native endianness, every field at a fixed offset):
+//   header | reader_entry[max_readers] | ring bytes[capacity]
+// Ring positions are absolute byte counts that only grow; the offset in the ring is
+// position % capacity. Records are 8-byte aligned: u32 length, u32 sender pid, u64 sequence,
+// payload, padding. A record never wraps: when it does not fit before the end of the ring, a
+// wrap marker (length 0xFFFFFFFF) fills the rest of the lap.
+//   tail .. head   : records still readable (sequences tail_seq .. head_seq - 1)
+//   reader cursor  : the next record a reader will read; a cursor behind tail has missed
+//                    tail_seq - cursor_seq messages (dropped for a reader that did not keep up)
+//
+// The segment is untrusted input: another process may have written anything. Every field is
+// read once into a local, every position and length is checked against the layout that was
+// validated against the real segment size, and every loop is bounded by the ring's capacity.
+module;
+
+#include <boost/system/error_code.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+export module sysv.ring;
+
+export import sysv.core;
+
+export namespace sysv::ring {
+
+inline constexpr std::uint64_t magic = 0x314e484356535953ULL; // "SYSVCHN1"
+inline constexpr std::uint32_t version = 1;
+inline constexpr std::uint32_t wrap_marker = 0xFFFFFFFFu;
+inline constexpr std::size_t label_capacity = 48;
+inline constexpr std::size_t record_header_size = 16;
+
+/// The shape of a channel: fixed at creation, stored in the header, checked on every open.
+struct layout {
+    std::uint32_t max_readers = 32;
+    std::uint32_t max_message_size = 4096;
+    std::uint64_t capacity = 256 * 1024; ///< ring bytes (a multiple of 8)
+    friend bool operator==(const layout&, const layout&) = default;
+};
+
+/// Size of a record holding `payload` bytes.
+constexpr std::uint64_t record_size(std::uint64_t payload) noexcept {
+    return (record_header_size + payload + 7) & ~std::uint64_t(7);
+}
+
+// Field offsets (the header is 128 bytes, a reader entry 96).
+namespace offsets {
+inline constexpr std::size_t magic = 0, version = 8, max_readers = 12, max_message_size = 16,
+                             capacity = 24, head = 32, head_seq = 40, tail = 48, tail_seq = 56,
+                             dirty = 64, dirty_pid = 68, waiting_writers = 72, repairs = 80,
+                             full_since = 88, header_size = 128;
+inline constexpr std::size_t cursor = 0, cursor_seq = 8, pid = 16, in_use = 20, sleeping = 24,
+                             label = 32, entry_size = 96;
+} // namespace offsets
+
+/// errc::invalid_argument / limit_exceeded unless the layout is usable: 1..1024 readers,
+/// messages of 1..16 MiB, capacity a multiple of 8 holding at least two largest records.
+error_code validate(const layout& l) noexcept;
+
+/// "readers 32, messages up to 4096 bytes, ring 262144 bytes", plus what validate() objects to.
+std::string describe(const layout& l);
+
+/// Bytes of a segment with this layout (validate() it first).
+std::uint64_t segment_size(const layout& l) noexcept;
+
+/// Writes a fresh header (magic last) and clears the reader table.
+void initialise(std::span<std::byte> segment, const layout& l) noexcept;
+
+/// True if the segment has no header yet (all-zero magic: a freshly created segment, or a
+/// creator that died before finishing initialise()).
+bool is_blank(std::span<const std::byte> segment) noexcept;
+
+/// One message taken from the ring.
+struct message {
+    std::vector<std::byte> bytes;
+    std::uint32_t sender_pid = 0;
+    std::uint64_t sequence = 0;
+};
+
+/// A reader-table entry as seen by members().
+struct member {
+    std::size_t slot;
+    std::uint32_t pid;
+    std::string label;
+};
+
+/// The ring in a segment whose header was checked against the segment's real size. All
+/// methods assume the caller holds the channel's lock.
+class view {
+public:
+    /// Checks magic, version and that the stored layout matches the segment size: errc::
+    /// corrupt_segment (or foreign_object when the magic is not ours) otherwise.
+    static view open(std::span<std::byte> segment, error_code& ec) noexcept;
+
+    const layout& shape() const noexcept { return layout_; }
+
+    // ---- writer side ----
+    /// Whether a record of `payload` bytes fits without dropping anything.
+    bool fits(std::size_t payload) const noexcept;
+    /// Frees what every reader in `live` (slot -> alive, non-zero) has read: tail moves up to the
+    /// slowest live cursor (or to head when no reader is live).
+    void collect(std::span<const std::uint8_t> live) noexcept;
+    /// Drops the oldest records until `payload` fits; returns how many were dropped. Readers
+    /// behind the new tail will see them as missed. errc::corrupt_segment if a record is bad
+    /// (the ring is then emptied: tail = head).
+    std::uint64_t drop_oldest(std::size_t payload, error_code& ec) noexcept;
+    /// Appends a record (call fits() or drop_oldest() first). Returns its sequence.
+    std::uint64_t append(std::span<const std::byte> payload, std::uint32_t sender_pid,
+                         error_code& ec) noexcept;
+    /// Marks a write in progress (a crash leaves it set) / done.
+    void begin_write(std::uint32_t pid) noexcept;
+    void end_write() noexcept;
+    /// If a writer died mid-write: clears the marker and counts a repair. Nothing of its
+    /// record is visible (head moves only after the record is complete). Returns true if
+    /// there was something to repair.
+    bool repair() noexcept;
+    std::uint64_t repairs() const noexcept;
+    std::uint32_t waiting_writers() const noexcept;
+    void set_waiting_writers(std::uint32_t n) noexcept;
+    /// When (steady clock, ns) writers first found the ring full with nothing left to free;
+    /// 0 while it is not. Shared by all writers, so the grace for a slow reader is counted
+    /// once, not per message.
+    std::uint64_t full_since() const noexcept;
+    void set_full_since(std::uint64_t ns) noexcept;
+
+    // ---- reader side ----
+    /// Takes reader slot `slot`: cursor at head (only messages from now on).
+    void join(std::size_t slot, std::uint32_t pid, std::string_view label) noexcept;
+    void leave(std::size_t slot) noexcept;
+    bool in_use(std::size_t slot) const noexcept;
+    std::uint32_t pid(std::size_t slot) const noexcept;
+    std::string label(std::size_t slot) const;
+    /// Reads up to `max_messages` records for reader `slot` into `out`; `missed` gets the
+    /// number of messages dropped before this reader read them. A cursor outside tail..head or
+    /// a malformed record gives errc::corrupt_segment; the cursor is then moved to head so the
+    /// reader recovers with the next message.
+    void read(std::size_t slot, std::vector<message>& out, std::uint64_t& missed,
+              std::size_t max_messages, error_code& ec);
+    /// The reader's fast path, without the lock: copies the records between its cursor and
+    /// head, then advances its cursor. Safe because writers never reuse ring space at or after
+    /// a live reader's cursor, except when they drop messages for a reader that did not keep
+    /// up: then (or on anything unexpected) nothing is taken and the result is need_lock, and
+    /// the caller reads under the lock with read(), which reports what was missed.
+    enum class unlocked_read { taken, empty, need_lock };
+    unlocked_read read_unlocked(std::size_t slot, std::vector<message>& out,
+                                std::size_t max_messages);
+    /// Sets the "waiting for a doorbell" flag of a reader / takes it (returns the old value).
+    void set_sleeping(std::size_t slot, bool sleeping) noexcept;
+    bool take_sleeping(std::size_t slot) noexcept;
+
+    std::uint64_t head() const noexcept { return load64(offsets::head); }
+    std::uint64_t head_sequence() const noexcept { return load64(offsets::head_seq); }
+    std::uint64_t tail() const noexcept { return load64(offsets::tail); }
+    std::uint64_t tail_sequence() const noexcept { return load64(offsets::tail_seq); }
+
+private:
+    view(std::span<std::byte> segment, const layout& l) noexcept : segment_(segment), layout_(l) {}
+
+    std::uint64_t load64(std::size_t offset) const noexcept;
+    std::uint32_t load32(std::size_t offset) const noexcept;
+    void store64(std::size_t offset, std::uint64_t v) noexcept;
+    // Positions read by lock-free readers (head, tail, cursors): 8-byte aligned fields accessed
+    // atomically, with acquire/release ordering against the record bytes.
+    std::uint64_t load64_acquire(std::size_t offset) const noexcept;
+    void store64_release(std::size_t offset, std::uint64_t v) noexcept;
+    void store32(std::size_t offset, std::uint32_t v) noexcept;
+    std::size_t entry(std::size_t slot) const noexcept {
+        return offsets::header_size + slot * offsets::entry_size;
+    }
+    std::size_t ring_offset() const noexcept {
+        return offsets::header_size + layout_.max_readers * offsets::entry_size;
+    }
+    /// Empties the ring after finding it inconsistent: head rounded up to a record boundary,
+    /// tail = head. Readers behind it resynchronise on their next read.
+    void reset_to_head() noexcept {
+        const std::uint64_t head = (load64(offsets::head) + 7) & ~std::uint64_t(7);
+        store64(offsets::head, head);
+        store64(offsets::tail_seq, load64(offsets::head_seq));
+        store64_release(offsets::tail, head);
+        // Readers that copy without the lock must see tail move before the space is reused.
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+    }
+    /// Parses the record at absolute position `pos` (must be < limit): its size in the ring
+    /// (a wrap marker counts as the rest of the lap) and whether it is a message.
+    bool parse(std::uint64_t pos, std::uint64_t limit, std::uint64_t expected_seq,
+               std::uint64_t& size, bool& is_message) const noexcept;
+
+    std::span<std::byte> segment_;
+    layout layout_;
+};
+
+} // namespace sysv::ring
