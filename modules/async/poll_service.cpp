@@ -1,7 +1,11 @@
 // sysv.async: the poll service (the non-template part of the asynchronous layer).
 module;
 
-#include <boost/asio.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/error.hpp>
+#include <boost/asio/execution.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <sched.h>
 #include <sys/sem.h>

@@ -13,7 +13,23 @@
 // converge on the same ticks. No thread ever blocks in the kernel.
 module;
 
-#include <boost/asio.hpp>
+// Only the Asio headers this unit uses: a header parsed here costs compile time in every build
+// of the module (an importer's own #include <boost/asio.hpp> merges with these declarations).
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/append.hpp>
+#include <boost/asio/associated_allocator.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/compose.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/error.hpp>
+#include <boost/asio/execution.hpp>
+#include <boost/asio/execution_context.hpp>
+#include <boost/asio/is_executor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <sys/sem.h>
 

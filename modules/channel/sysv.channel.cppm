@@ -2,7 +2,14 @@
 // the ring of sysv.ring in a shared segment, guarded by the semaphores of sysv.async.
 module;
 
-#include <boost/asio.hpp>
+// Only the Asio headers this unit uses (see sysv.async.cppm).
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/compose.hpp>
+#include <boost/asio/error.hpp>
+#include <boost/asio/post.hpp>
 
 #include <sys/sem.h>
 #include <unistd.h>

@@ -1,7 +1,11 @@
 // sysv.mutex: a lock shared between processes, awaited without blocking (sysv::basic_mutex).
 module;
 
-#include <boost/asio.hpp>
+// Only the Asio headers this unit uses (see sysv.async.cppm).
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/compose.hpp>
+#include <boost/asio/execution_context.hpp>
 
 #include <sys/sem.h>
 
