@@ -114,47 +114,26 @@ public:
     /// errc::foreign_object. May block briefly: while another process is creating the set (at
     /// most options.open.initialisation_timeout) and while another holds the lock (a critical
     /// section lasts microseconds; a dead holder's lock is released by the kernel).
+    ///
+    /// A segment and a set are used together only if the segment was initialised for that set
+    /// (its header holds the set's id), so objects of different generations are never paired:
+    /// a segment whose set was removed (`ipcrm -s`) is removed and replaced, and a set whose
+    /// segment was removed (`ipcrm -m`) while members remain is removed (its members' next
+    /// operation fails with errc::removed) and replaced. A room that keeps being removed while
+    /// this runs gives errc::removed after a few attempts.
     static basic_channel open_or_create(const executor_type& ex, key k,
                                         const channel_options& options, error_code& ec) {
         ec = ring::validate(options.shape);
         if (ec)
             return basic_channel(ex, options);
-        const detail::channel_semaphores sems{options.shape.max_readers};
-        const auto values = sems.initial_values();
-        auto set = semaphore_set::open_or_create(k, values, options.mode, options.open, ec);
-        if (ec)
-            return basic_channel(ex, options);
-        auto segment = shared_memory::open_or_create(
-            k, static_cast<std::size_t>(ring::segment_size(options.shape)), options.mode, ec);
-        if (ec)
-            return basic_channel(ex, options);
-        auto view = segment.attach(ec);
-        if (ec)
-            return basic_channel(ex, options);
-        basic_channel ch(ex, options);
-        ch.set_ = basic_async_semaphore_set<Executor>(ex, std::move(set), options.wait_backoff);
-        ch.segment_ = std::move(segment);
-        ch.memory_ = std::move(view);
-        // Initialise (or check) the segment under the lock.
-        if (!ch.set_.try_apply_for(
-                lock_op(), std::chrono::milliseconds(options.open.initialisation_timeout), ec)) {
-            if (!ec)
-                ec = make_error_code(errc::not_initialised);
-            return ch;
+        for (int attempt = 1;; ++attempt) {
+            basic_channel ch(ex, options);
+            if (ch.open_once(k, ec) || attempt == 5) {
+                if (!ec && !ch.set_.is_open())
+                    ec = make_error_code(errc::removed);
+                return ch;
+            }
         }
-        const auto bytes = ch.memory_.bytes();
-        if (ring::is_blank(bytes)) {
-            ring::initialise(bytes, options.shape);
-        } else {
-            auto v = ring::view::open(bytes, ec);
-            if (!ec && !(v.shape() == options.shape))
-                ec = make_error_code(errc::foreign_object);
-        }
-        error_code unlock_error;
-        ch.set_.try_apply(op::release(sems.lock).undo(), unlock_error);
-        if (!ec)
-            ec = unlock_error;
-        return ch;
     }
     static basic_channel open_or_create(const executor_type& ex, key k,
                                         const channel_options& options = {}) {
@@ -299,6 +278,102 @@ private:
         : options_(options), sems_{options.shape.max_readers}, set_(ex),
           pid_(static_cast<std::uint32_t>(::getpid())) {}
 
+    /// One attempt of open_or_create. False: the objects found belonged to different
+    /// generations (or were removed meanwhile); the stale one was removed, try again.
+    bool open_once(key k, error_code& ec) {
+        const auto values = sems_.initial_values();
+        auto set = semaphore_set::open_or_create(k, values, options_.mode, options_.open, ec);
+        if (ec)
+            return true;
+        auto segment = shared_memory::open_or_create(
+            k, static_cast<std::size_t>(ring::segment_size(options_.shape)), options_.mode, ec);
+        if (ec)
+            return true;
+        auto memory = segment.attach(ec);
+        if (ec)
+            return true;
+        set_ = basic_async_semaphore_set<Executor>(set_.get_executor(), std::move(set),
+                                                   options_.wait_backoff);
+        segment_ = std::move(segment);
+        memory_ = std::move(memory);
+        owner_ = static_cast<std::uint64_t>(set_.id());
+        // Initialise (or check) the segment under the lock.
+        if (!set_.try_apply_for(
+                lock_op(), std::chrono::milliseconds(options_.open.initialisation_timeout), ec)) {
+            if (ec == errc::removed) { // removed by a joiner that found it stale: try again
+                ec.clear();
+                return false;
+            }
+            if (!ec)
+                ec = make_error_code(errc::not_initialised);
+            return true;
+        }
+        enum { fine, stale_set, stale_segment } found = fine;
+        const auto bytes = memory_.bytes();
+        if (ring::is_blank(bytes)) {
+            // Live members (their count is undone by the kernel when they die) with a blank
+            // segment: theirs was removed and this one is new. The set is the stale one.
+            const int members = set_.value(sems_.members, ec);
+            if (!ec && members > 0)
+                found = stale_set;
+            else if (!ec)
+                ring::initialise(bytes, options_.shape, owner_);
+        } else {
+            auto v = ring::view::open(bytes, ec);
+            if (!ec && !(v.shape() == options_.shape))
+                ec = make_error_code(errc::foreign_object);
+            else if (!ec && v.owner() != owner_)
+                found = stale_segment; // initialised for a set that no longer has this key
+        }
+        error_code unlock_error;
+        set_.try_apply(unlock_op(), unlock_error);
+        if (!ec)
+            ec = unlock_error;
+        if (ec == errc::removed) {
+            ec.clear();
+            return false;
+        }
+        if (ec || found == fine)
+            return true;
+        error_code ignored;
+        if (found == stale_set)
+            set_.remove(ignored);
+        else
+            segment_.remove(ignored);
+        return false;
+    }
+
+    /// Whether the room's objects are still the ones this channel opened: the segment is not
+    /// marked for removal (`ipcrm -m`, or a member that found the set gone) and still has the
+    /// key. A room is whole or gone: when either object is found removed, the other is removed
+    /// too, so every member learns it (errc::removed) and the next joiner starts afresh.
+    error_code check_objects() {
+        last_check_ = std::chrono::steady_clock::now();
+        error_code ec;
+        const auto status = segment_.stat(ec);
+        if (!ec && (status.marked_for_removal || status.ipc_key != segment_.ipc_key()))
+            ec = make_error_code(errc::removed);
+        return room_error(ec);
+    }
+    /// check_objects(), at most every `interval` (a syscall; the per-message path stays
+    /// without one).
+    error_code check_objects_every(std::chrono::milliseconds interval) {
+        if (std::chrono::steady_clock::now() - last_check_ < interval)
+            return {};
+        return check_objects();
+    }
+    /// Passes `ec` on; errc::removed (of the set or of the segment) removes the other object.
+    error_code room_error(error_code ec) {
+        if (ec == errc::removed) {
+            error_code ignored;
+            if (segment_.is_open())
+                segment_.remove(ignored);
+            if (set_.is_open())
+                set_.remove(ignored);
+        }
+        return ec;
+    }
+
     static operation lock_op() noexcept {
         return op::acquire(detail::channel_semaphores::lock).undo();
     }
@@ -306,7 +381,15 @@ private:
         return op::release(detail::channel_semaphores::lock).undo();
     }
 
-    ring::view open_view(error_code& ec) { return ring::view::open(memory_.bytes(), ec); }
+    /// The ring, checked against what was fixed when the channel was opened: the same shape
+    /// (reader count, message limit, capacity) and the same owning set. Anything else is
+    /// errc::corrupt_segment: another process rewrote the header.
+    ring::view open_view(error_code& ec) {
+        auto v = ring::view::open(memory_.bytes(), ec);
+        if (ec || !(v.shape() == options_.shape) || v.owner() != owner_)
+            ec = make_error_code(errc::corrupt_segment);
+        return v;
+    }
 
     /// Releases the lock together with `extra` operations (doorbells), in one semop. If that
     /// group fails (a doorbell at SEMVMX), the lock alone is still released.
@@ -382,6 +465,8 @@ private:
                     return ch.defer(handler, deferred,
                                     make_error_code(ch.set_.is_open() ? errc::invalid_argument
                                                                       : errc::not_open));
+                if ((ec = ch.check_objects()))
+                    return ch.defer(handler, deferred, ec);
                 // Take a free slot: one GETALL, then try the free ones, preferring slots whose
                 // table entry is clear (a stale entry of a dead reader stays for
                 // async_reap_lost to report). The table is only a hint here (no lock).
@@ -413,6 +498,8 @@ private:
                     if (view.in_use(ch.slot_))
                         ch.lost_.push_back({ch.slot_, view.pid(ch.slot_), view.label(ch.slot_)});
                     view.join(ch.slot_, ch.pid_, label);
+                    ch.cursor_ = view.cursor(ch.slot_);
+                    ch.cursor_seq_ = view.cursor_sequence(ch.slot_);
                     std::vector<operation> extra{op::release(ch.sems_.members).undo()};
                     ch.unlock(extra, ec);
                 } else {
@@ -425,7 +512,7 @@ private:
                 ch.set_.try_apply(op::release(ch.sems_.slot(ch.slot_)).undo(), ignored);
                 ch.slot_ = no_slot;
             }
-            handler.complete(ec);
+            handler.complete(ch.room_error(ec));
         }
     };
 
@@ -471,7 +558,7 @@ private:
                 }
             }
             ch.slot_ = no_slot;
-            handler.complete(ec, removed);
+            handler.complete(ch.room_error(ec), removed);
         }
     };
 
@@ -518,7 +605,7 @@ private:
                 break;
             }
             if (ec)
-                return handler.complete(ec);
+                return handler.complete(ch.room_error(ec));
             state = locking;
             ch.set_.async_apply(lock_op(), std::move(handler));
         }
@@ -528,12 +615,12 @@ private:
         template <class Self>
         void critical_section(Self& handler) {
             auto& ch = *self;
-            error_code ec;
+            error_code ec = ch.check_objects_every(object_check_interval);
             auto view = ch.open_view(ec);
             if (ec) {
                 error_code ignored;
                 ch.unlock(ignored);
-                return handler.complete(ec);
+                return handler.complete(ch.room_error(ec));
             }
             view.repair();
             bool collected = false; // one GETALL per lock hold at most
@@ -588,7 +675,7 @@ private:
             if (!ec)
                 ec = unlock_error;
             if (ec || !wait_for_room)
-                return handler.complete(ec);
+                return handler.complete(ch.room_error(ec));
             // A cancellation that came while no wait was pending is not lost (messages before
             // `next` of a batch are sent; a single message was not).
             if (handler.cancelled() != boost::asio::cancellation_type::none)
@@ -632,6 +719,16 @@ private:
                     return ch.defer(handler, deferred, ch.template take_buffered<Batch>());
                 break;
             case sleeping:
+                if (ec == boost::asio::error::timed_out) {
+                    // No doorbell for a while: check that the room still exists and, through
+                    // the locked path, that the ring is sound (a reader that only waits must
+                    // learn of a removal or a corruption too), then sleep on.
+                    if ((ec = ch.check_objects()))
+                        break;
+                    if (handler.cancelled() != boost::asio::cancellation_type::none)
+                        return handler.complete(aborted(), result_type{});
+                    break;
+                }
                 if (!ec && drain_without_lock()) {
                     auto [result, message] = ch.template take_buffered<Batch>();
                     return handler.complete(result, std::move(message));
@@ -643,9 +740,18 @@ private:
                 break;
             }
             if (ec)
-                return handler.complete(ec, result_type{});
+                return handler.complete(ch.room_error(ec), result_type{});
             state = locking;
             ch.set_.async_apply(lock_op(), std::move(handler));
+        }
+
+        /// Until a writer rings this reader's doorbell, or sleep_check_interval passes.
+        template <class Self>
+        void sleep(Self& handler) {
+            auto& ch = *self;
+            state = sleeping;
+            ch.set_.async_apply_for(op::acquire(ch.sems_.doorbell(ch.slot_)), sleep_check_interval,
+                                    std::move(handler));
         }
 
         /// The fast path (no syscall): messages between our cursor and head are ours to copy
@@ -655,13 +761,14 @@ private:
             auto& ch = *self;
             error_code ec;
             auto view = ch.open_view(ec);
-            if (ec || view.waiting_writers() > 0)
+            if (ec || view.waiting_writers() > 0 || !ch.cursor_is_ours(view))
                 return false;
             std::vector<ring::message> batch;
             if (view.read_unlocked(ch.slot_, batch, max_batch) !=
                     ring::view::unlocked_read::taken ||
                 batch.empty())
                 return false;
+            ch.remember_cursor(view);
             for (auto& m : batch)
                 ch.inbox_.push_back(std::move(m));
             return true;
@@ -674,8 +781,15 @@ private:
             auto view = ch.open_view(ec);
             std::vector<ring::message> batch;
             std::uint64_t missed = 0;
-            if (!ec)
+            if (!ec && !ch.cursor_is_ours(view)) {
+                // Another process wrote this reader's position: report it, go on from head.
+                ec = make_error_code(errc::corrupt_segment);
+                view.resync_reader(ch.slot_);
+                ch.remember_cursor(view);
+            } else if (!ec) {
                 view.read(ch.slot_, batch, missed, max_batch, ec);
+                ch.remember_cursor(view); // also after a resync to head (corrupt_segment)
+            }
             std::vector<operation> extra;
             const bool progressed = !batch.empty() || missed != 0;
             if (view.waiting_writers() > 0) {
@@ -687,23 +801,23 @@ private:
                     static_cast<int>(std::min<std::uint32_t>(view.waiting_writers(), 1000))));
                 view.set_waiting_writers(0);
             }
-            const bool sleep = !ec && !progressed;
-            if (sleep)
+            const bool go_to_sleep = !ec && !progressed;
+            if (go_to_sleep)
                 view.set_sleeping(ch.slot_, true);
             error_code unlock_error;
             ch.unlock(extra, unlock_error);
             if (!ec)
                 ec = unlock_error;
+            if (!ec && go_to_sleep)
+                ec = ch.check_objects_every(object_check_interval);
             if (ec)
-                return handler.complete(ec, result_type{});
-            if (sleep) { // until a writer rings this reader's doorbell
+                return handler.complete(ch.room_error(ec), result_type{});
+            if (go_to_sleep) {
                 // A cancellation that came while no wait was pending is not lost: nothing was
                 // received, so abort before waiting again.
                 if (handler.cancelled() != boost::asio::cancellation_type::none)
                     return handler.complete(aborted(), result_type{});
-                state = sleeping;
-                ch.set_.async_acquire(ch.sems_.doorbell(ch.slot_), std::move(handler));
-                return;
+                return sleep(handler);
             }
             ch.pending_missed_ += missed;
             for (auto& m : batch)
@@ -739,7 +853,10 @@ private:
                 return;
             }
             std::vector<ring::member> result;
-            if (!ec) {
+            if (!ec && (ec = ch.check_objects())) {
+                error_code ignored;
+                ch.unlock(ignored);
+            } else if (!ec) {
                 auto view = ch.open_view(ec);
                 std::vector<int> values;
                 if (!ec)
@@ -757,7 +874,7 @@ private:
                 if (!ec)
                     ec = unlock_error;
             }
-            handler.complete(ec, std::move(result));
+            handler.complete(ch.room_error(ec), std::move(result));
         }
     };
 
@@ -796,7 +913,23 @@ private:
         return {error_code{}, std::move(m)};
     }
 
+    /// This reader's position in the segment is the one it left there (only it writes it).
+    bool cursor_is_ours(const ring::view& view) const noexcept {
+        return view.cursor(slot_) == cursor_ && view.cursor_sequence(slot_) == cursor_seq_;
+    }
+    void remember_cursor(const ring::view& view) noexcept {
+        cursor_ = view.cursor(slot_);
+        cursor_seq_ = view.cursor_sequence(slot_);
+    }
+
     static constexpr std::size_t max_batch = 4096;
+    /// How often a busy channel looks at its objects (one IPC_STAT): a removed room is noticed
+    /// within this time by any operation that runs.
+    static constexpr std::chrono::milliseconds object_check_interval{100};
+    /// How long a receive sleeps before it looks at the objects and the ring again (a reader
+    /// that only waits notices a removed segment or a rewritten header within this time; a
+    /// removed set wakes it at once). Costs an IPC_STAT and a lock round trip per interval.
+    static constexpr std::chrono::milliseconds sleep_check_interval{1000};
 
     channel_options options_;
     detail::channel_semaphores sems_;
@@ -804,7 +937,10 @@ private:
     shared_memory segment_;
     attachment memory_;
     std::uint32_t pid_;
+    std::uint64_t owner_ = 0; ///< the set id the segment was initialised for
+    std::chrono::steady_clock::time_point last_check_{};
     std::size_t slot_ = no_slot;
+    std::uint64_t cursor_ = 0, cursor_seq_ = 0; ///< this reader's position, as it left it
     std::deque<ring::message> inbox_;
     std::uint64_t pending_missed_ = 0;
     std::vector<ring::member> lost_;

@@ -60,8 +60,9 @@ T get(std::span<const std::byte> s, std::size_t offset) noexcept {
 }
 } // namespace
 
-void initialise(std::span<std::byte> segment, const layout& l) noexcept {
+void initialise(std::span<std::byte> segment, const layout& l, std::uint64_t owner) noexcept {
     std::memset(segment.data(), 0, offsets::header_size + l.max_readers * offsets::entry_size);
+    put<std::uint64_t>(segment, offsets::owner, owner);
     put<std::uint32_t>(segment, offsets::version, version);
     put<std::uint32_t>(segment, offsets::max_readers, l.max_readers);
     put<std::uint32_t>(segment, offsets::max_message_size, l.max_message_size);
@@ -118,6 +119,21 @@ void view::store64_release(std::size_t offset, std::uint64_t v) noexcept {
                      __ATOMIC_RELEASE);
 }
 
+bool view::consistent(std::uint64_t head, std::uint64_t head_seq, std::uint64_t tail,
+                      std::uint64_t tail_seq) const noexcept {
+    // Every message between tail and head takes at least a record header of ring bytes.
+    return tail <= head && head - tail <= layout_.capacity && tail_seq <= head_seq &&
+           head % 8 == 0 && tail % 8 == 0 &&
+           head_seq - tail_seq <= (head - tail) / record_header_size;
+}
+
+std::uint64_t view::cursor(std::size_t slot) const noexcept {
+    return slot < layout_.max_readers ? load64(entry(slot) + offsets::cursor) : 0;
+}
+std::uint64_t view::cursor_sequence(std::size_t slot) const noexcept {
+    return slot < layout_.max_readers ? load64(entry(slot) + offsets::cursor_seq) : 0;
+}
+
 bool view::fits(std::size_t payload) const noexcept {
     const std::uint64_t head = load64(offsets::head), tail = load64(offsets::tail);
     if (tail > head || head - tail > layout_.capacity || payload > layout_.max_message_size ||
@@ -134,8 +150,7 @@ bool view::fits(std::size_t payload) const noexcept {
 void view::collect(std::span<const std::uint8_t> live) noexcept {
     const std::uint64_t head = load64(offsets::head), tail = load64(offsets::tail);
     const std::uint64_t head_seq = load64(offsets::head_seq), tail_seq = load64(offsets::tail_seq);
-    if (tail > head || head - tail > layout_.capacity || tail_seq > head_seq || head % 8 != 0 ||
-        tail % 8 != 0) {
+    if (!consistent(head, head_seq, tail, tail_seq)) {
         reset_to_head(); // inconsistent: drop everything rather than trust it
         return;
     }
@@ -198,8 +213,7 @@ std::uint64_t view::drop_oldest(std::size_t payload, error_code& ec) noexcept {
     std::uint64_t dropped = 0;
     const std::uint64_t head = load64(offsets::head), head_seq = load64(offsets::head_seq);
     std::uint64_t tail = load64(offsets::tail), tail_seq = load64(offsets::tail_seq);
-    if (tail > head || head - tail > layout_.capacity || tail_seq > head_seq || head % 8 != 0 ||
-        tail % 8 != 0) {
+    if (!consistent(head, head_seq, tail, tail_seq)) {
         ec = make_error_code(errc::corrupt_segment);
         reset_to_head();
         return 0;
@@ -327,6 +341,13 @@ std::string view::label(std::size_t slot) const {
     return std::string(buffer, ::strnlen(buffer, label_capacity));
 }
 
+void view::resync_reader(std::size_t slot) noexcept {
+    if (slot >= layout_.max_readers)
+        return;
+    store64(entry(slot) + offsets::cursor_seq, load64(offsets::head_seq));
+    store64_release(entry(slot) + offsets::cursor, load64(offsets::head));
+}
+
 void view::set_sleeping(std::size_t slot, bool sleeping) noexcept {
     if (slot < layout_.max_readers)
         store32(entry(slot) + offsets::sleeping, sleeping ? 1 : 0);
@@ -355,21 +376,26 @@ void view::read(std::size_t slot, std::vector<message>& out, std::uint64_t& miss
         store64(e + offsets::cursor, head);
         store64(e + offsets::cursor_seq, head_seq);
     };
-    if (tail > head || head - tail > layout_.capacity || tail_seq > head_seq || head % 8 != 0 ||
-        tail % 8 != 0) {
+    if (!consistent(head, head_seq, tail, tail_seq) || cursor % 8 != 0 || cursor > head ||
+        seq > head_seq) {
         resync();
         return;
     }
     if (cursor < tail || seq < tail_seq) { // records were dropped before this reader read them
-        if (seq > tail_seq || cursor > head) {
+        // Positions and sequences must tell the same story: every dropped message took at least
+        // a record header of ring bytes, and at most a largest record plus the wrap marker
+        // before it (plus one trailing wrap marker). Otherwise the count is not one the ring
+        // could have produced.
+        const std::uint64_t dropped = tail_seq - seq, bytes = tail - cursor;
+        if (cursor >= tail || seq >= tail_seq || dropped > bytes / record_header_size ||
+            bytes / (2 * record_size(layout_.max_message_size)) > dropped) {
             resync();
             return;
         }
-        missed = tail_seq - seq;
+        missed = dropped;
         cursor = tail;
         seq = tail_seq;
-    }
-    if (cursor > head || seq > head_seq) {
+    } else if (head_seq - seq > (head - cursor) / record_header_size) {
         resync();
         return;
     }

@@ -35,7 +35,7 @@ export import sysv.core;
 export namespace sysv::ring {
 
 inline constexpr std::uint64_t magic = 0x314e484356535953ULL; // "SYSVCHN1"
-inline constexpr std::uint32_t version = 1;
+inline constexpr std::uint32_t version = 2;
 inline constexpr std::uint32_t wrap_marker = 0xFFFFFFFFu;
 inline constexpr std::size_t label_capacity = 48;
 inline constexpr std::size_t record_header_size = 16;
@@ -58,7 +58,7 @@ namespace offsets {
 inline constexpr std::size_t magic = 0, version = 8, max_readers = 12, max_message_size = 16,
                              capacity = 24, head = 32, head_seq = 40, tail = 48, tail_seq = 56,
                              dirty = 64, dirty_pid = 68, waiting_writers = 72, repairs = 80,
-                             full_since = 88, header_size = 128;
+                             full_since = 88, owner = 96, header_size = 128;
 inline constexpr std::size_t cursor = 0, cursor_seq = 8, pid = 16, in_use = 20, sleeping = 24,
                              label = 32, entry_size = 96;
 } // namespace offsets
@@ -73,8 +73,10 @@ std::string describe(const layout& l);
 /// Bytes of a segment with this layout (validate() it first).
 std::uint64_t segment_size(const layout& l) noexcept;
 
-/// Writes a fresh header (magic last) and clears the reader table.
-void initialise(std::span<std::byte> segment, const layout& l) noexcept;
+/// Writes a fresh header (magic last) and clears the reader table. `owner` tags the segment with
+/// what it belongs to (the channel stores its semaphore set's id: a segment and a set of
+/// different generations are never paired).
+void initialise(std::span<std::byte> segment, const layout& l, std::uint64_t owner = 0) noexcept;
 
 /// True if the segment has no header yet (all-zero magic: a freshly created segment, or a
 /// creator that died before finishing initialise()).
@@ -103,6 +105,8 @@ public:
     static view open(std::span<std::byte> segment, error_code& ec) noexcept;
 
     const layout& shape() const noexcept { return layout_; }
+    /// The tag written by initialise().
+    std::uint64_t owner() const noexcept { return load64(offsets::owner); }
 
     // ---- writer side ----
     /// Whether a record of `payload` bytes fits without dropping anything.
@@ -141,8 +145,10 @@ public:
     std::uint32_t pid(std::size_t slot) const noexcept;
     std::string label(std::size_t slot) const;
     /// Reads up to `max_messages` records for reader `slot` into `out`; `missed` gets the
-    /// number of messages dropped before this reader read them. A cursor outside tail..head or
-    /// a malformed record gives errc::corrupt_segment; the cursor is then moved to head so the
+    /// number of messages dropped before this reader read them, which is never more than the
+    /// ring bytes between the reader's cursor and tail could have held. A header whose
+    /// positions and sequences disagree, a cursor outside what the ring can explain, or a
+    /// malformed record gives errc::corrupt_segment; the cursor is then moved to head so the
     /// reader recovers with the next message.
     void read(std::size_t slot, std::vector<message>& out, std::uint64_t& missed,
               std::size_t max_messages, error_code& ec);
@@ -154,9 +160,16 @@ public:
     enum class unlocked_read { taken, empty, need_lock };
     unlocked_read read_unlocked(std::size_t slot, std::vector<message>& out,
                                 std::size_t max_messages);
+    /// Moves reader `slot` to head (after its position was found overwritten).
+    void resync_reader(std::size_t slot) noexcept;
     /// Sets the "waiting for a doorbell" flag of a reader / takes it (returns the old value).
     void set_sleeping(std::size_t slot, bool sleeping) noexcept;
     bool take_sleeping(std::size_t slot) noexcept;
+
+    /// A reader's position as stored in its table entry (only that reader writes it; a reader
+    /// compares it with its own copy to notice anyone else writing it).
+    std::uint64_t cursor(std::size_t slot) const noexcept;
+    std::uint64_t cursor_sequence(std::size_t slot) const noexcept;
 
     std::uint64_t head() const noexcept { return load64(offsets::head); }
     std::uint64_t head_sequence() const noexcept { return load64(offsets::head_seq); }
@@ -180,6 +193,10 @@ private:
     std::size_t ring_offset() const noexcept {
         return offsets::header_size + layout_.max_readers * offsets::entry_size;
     }
+    /// The header's positions and sequences agree: tail <= head within one capacity, 8-byte
+    /// aligned, and no more messages between them than record headers fit.
+    bool consistent(std::uint64_t head, std::uint64_t head_seq, std::uint64_t tail,
+                    std::uint64_t tail_seq) const noexcept;
     /// Empties the ring after finding it inconsistent: head rounded up to a record boundary,
     /// tail = head. Readers behind it resynchronise on their next read.
     void reset_to_head() noexcept {
