@@ -251,6 +251,7 @@ public:
     void remove(error_code& ec) {
         error_code ignored;
         segment_.remove(ignored);
+        detail::crash_here(detail::crash_point::channel_leave_removing);
         set_.remove(ec);
     }
     void remove() {
@@ -283,6 +284,19 @@ private:
     bool open_once(key k, error_code& ec) {
         const auto values = sems_.initial_values();
         auto set = semaphore_set::open_or_create(k, values, options_.mode, options_.open, ec);
+        if (ec == errc::not_initialised) {
+            // Its creator died (or stalled beyond options.open.initialisation_timeout) before
+            // publishing the initial values: nobody can have used it. Replace it.
+            error_code ignored;
+            auto stale = semaphore_set::open(k, ignored);
+            if (!ignored) {
+                const auto status = stale.stat(ignored);
+                if (!ignored && !status.last_operation)
+                    stale.remove(ignored);
+            }
+            ec.clear();
+            return false;
+        }
         if (ec)
             return true;
         auto segment = shared_memory::open_or_create(
@@ -308,6 +322,7 @@ private:
                 ec = make_error_code(errc::not_initialised);
             return true;
         }
+        detail::crash_here(detail::crash_point::channel_open_locked);
         enum { fine, stale_set, stale_segment } found = fine;
         const auto bytes = memory_.bytes();
         if (ring::is_blank(bytes)) {
@@ -316,8 +331,10 @@ private:
             const int members = set_.value(sems_.members, ec);
             if (!ec && members > 0)
                 found = stale_set;
-            else if (!ec)
+            else if (!ec) {
                 ring::initialise(bytes, options_.shape, owner_);
+                detail::crash_here(detail::crash_point::channel_open_initialised);
+            }
         } else {
             auto v = ring::view::open(bytes, ec);
             if (!ec && !(v.shape() == options_.shape))
@@ -487,6 +504,7 @@ private:
                     ec = make_error_code(errc::no_free_slot);
                 if (ec)
                     return ch.defer(handler, deferred, ec);
+                detail::crash_here(detail::crash_point::channel_join_slot_taken);
                 locking = true;
                 ch.set_.async_apply(lock_op(), std::move(handler));
                 return;
@@ -500,6 +518,7 @@ private:
                     view.join(ch.slot_, ch.pid_, label);
                     ch.cursor_ = view.cursor(ch.slot_);
                     ch.cursor_seq_ = view.cursor_sequence(ch.slot_);
+                    detail::crash_here(detail::crash_point::channel_join_entry_written);
                     std::vector<operation> extra{op::release(ch.sems_.members).undo()};
                     ch.unlock(extra, ec);
                 } else {
@@ -539,10 +558,12 @@ private:
             }
             bool removed = false;
             if (!ec) {
+                detail::crash_here(detail::crash_point::channel_leave_locked);
                 error_code view_error;
                 auto view = ch.open_view(view_error);
                 if (!view_error)
                     view.leave(ch.slot_);
+                detail::crash_here(detail::crash_point::channel_leave_entry_cleared);
                 const int members = ch.set_.value(ch.sems_.members, ec);
                 if (!ec && members <= 1) {
                     // The last member: remove everything (which also ends the lock).
@@ -622,6 +643,7 @@ private:
                 ch.unlock(ignored);
                 return handler.complete(ch.room_error(ec));
             }
+            detail::crash_here(detail::crash_point::channel_send_locked);
             view.repair();
             bool collected = false; // one GETALL per lock hold at most
             std::optional<std::chrono::steady_clock::duration> wait_for_room;
@@ -657,9 +679,11 @@ private:
                     view.drop_oldest(m.size(), corrupt); // a corrupt ring is emptied
                 }
                 view.begin_write(ch.pid_);
+                detail::crash_here(detail::crash_point::channel_send_dirty);
                 view.append(
                     std::span<const std::byte>(static_cast<const std::byte*>(m.data()), m.size()),
                     ch.pid_, ec);
+                detail::crash_here(detail::crash_point::channel_send_published);
                 view.end_write();
                 if (ec)
                     break;
@@ -670,6 +694,7 @@ private:
                     extra.push_back(op::release(ch.sems_.doorbell(r)));
             if (wait_for_room && !ec)
                 view.set_waiting_writers(view.waiting_writers() + 1);
+            detail::crash_here(detail::crash_point::channel_send_unlocking);
             error_code unlock_error;
             ch.unlock(extra, unlock_error);
             if (!ec)
@@ -781,6 +806,7 @@ private:
             auto view = ch.open_view(ec);
             std::vector<ring::message> batch;
             std::uint64_t missed = 0;
+            detail::crash_here(detail::crash_point::channel_receive_locked);
             if (!ec && !ch.cursor_is_ours(view)) {
                 // Another process wrote this reader's position: report it, go on from head.
                 ec = make_error_code(errc::corrupt_segment);
@@ -789,6 +815,7 @@ private:
             } else if (!ec) {
                 view.read(ch.slot_, batch, missed, max_batch, ec);
                 ch.remember_cursor(view); // also after a resync to head (corrupt_segment)
+                detail::crash_here(detail::crash_point::channel_receive_read);
             }
             std::vector<operation> extra;
             const bool progressed = !batch.empty() || missed != 0;
@@ -862,6 +889,7 @@ private:
                 if (!ec)
                     values = ch.set_.values(ec);
                 if (!ec && reap_lost) {
+                    detail::crash_here(detail::crash_point::channel_reap_locked);
                     result = std::exchange(ch.lost_, {});
                     ch.reap(view, values, result);
                 } else if (!ec) {

@@ -7,11 +7,13 @@ module;
 #include <sys/types.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 
 #include <boost/system/error_code.hpp>
 #include <boost/system/system_error.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <optional>
@@ -203,6 +205,21 @@ void throw_layout_error(const error_code& ec, std::size_t offset, std::size_t co
                                std::to_string(align) + ") at offset " + std::to_string(offset) +
                                " in a segment of " + std::to_string(segment_size) + " bytes");
 }
+
+#ifdef SYSV_CRASH_POINTS
+namespace {
+std::atomic<int> armed_crash_point{-1};
+} // namespace
+
+void arm_crash_point(crash_point point) noexcept {
+    armed_crash_point.store(static_cast<int>(point), std::memory_order_relaxed);
+}
+
+void crash_here(crash_point point) noexcept {
+    if (armed_crash_point.load(std::memory_order_relaxed) == static_cast<int>(point))
+        ::raise(SIGKILL);
+}
+#endif
 
 } // namespace detail
 

@@ -29,11 +29,13 @@ namespace {
 // SETALL, then one semop that leaves the values as they are but sets sem_otime: the signal
 // open_or_create waits for. Order +1/-1 or -1/+1 so neither step leaves 0..SEMVMX.
 error_code initialise_and_publish(int id, std::span<const int> values) noexcept {
+    detail::crash_here(detail::crash_point::set_created);
     std::vector<unsigned short> raw(values.begin(), values.end());
     semun arg{};
     arg.array = raw.data();
     if (::semctl(id, 0, SETALL, arg) == -1)
         return detail::id_error(errno);
+    detail::crash_here(detail::crash_point::set_initialised);
     std::array<sembuf, 2> publish{};
     const short first = values[0] > 0 ? -1 : 1;
     publish[0] = {0, first, IPC_NOWAIT};

@@ -683,6 +683,63 @@ enum class attempt_result { applied, would_block, failed };
 /// or failed with `ec` (errc::removed for a set that is gone).
 attempt_result try_semop(int set_id, semop_buffer& ops, error_code& ec) noexcept;
 
+/// The named steps of the library's multi-process protocols. A build configured with
+/// SYSV_CRASH_POINTS (the project's test presets; never a consumer's or a release build) can
+/// arm one of them in a process, which then kills itself (SIGKILL) when it gets there, so a
+/// test can check what the other processes see after a crash at every step
+/// (tests/crash_points.cpp walks them all). Without SYSV_CRASH_POINTS crash_here() is an empty
+/// inline function. A new protocol step gets a point here, and a scenario in that test.
+enum class crash_point : unsigned char {
+    set_created,                 ///< semaphore set created (semget), not initialised (SETALL)
+    set_initialised,             ///< SETALL done, not yet published (sem_otime still 0)
+    channel_open_locked,         ///< channel open: lock taken, segment not yet checked
+    channel_open_initialised,    ///< channel open: ring initialised, lock not yet released
+    channel_join_slot_taken,     ///< join: reader slot semaphore taken, lock not yet
+    channel_join_entry_written,  ///< join: table entry written, lock and member count not yet
+    channel_send_locked,         ///< send: lock taken, nothing written
+    channel_send_dirty,          ///< send: write marked in progress, record not written
+    ring_append_written,         ///< send: record bytes written, head not moved
+    channel_send_published,      ///< send: head moved past the record, marker not cleared
+    channel_send_unlocking,      ///< send: write finished, lock and doorbells not released
+    channel_receive_locked,      ///< receive: lock taken, nothing read
+    channel_receive_read,        ///< receive: cursor moved past what was read, lock held
+    ring_unlocked_copied,        ///< receive without the lock: records copied, cursor not moved
+    channel_reap_locked,         ///< reap_lost: lock taken, dead entries not cleared
+    channel_leave_locked,        ///< leave: lock taken, table entry not cleared
+    channel_leave_entry_cleared, ///< leave: entry cleared, slot and member count not released
+    channel_leave_removing,      ///< last member leaving: segment removed, set not yet
+};
+inline constexpr std::size_t crash_point_count =
+    static_cast<std::size_t>(crash_point::channel_leave_removing) + 1;
+inline constexpr std::array<std::string_view, crash_point_count> crash_point_names{
+    "set_created",
+    "set_initialised",
+    "channel_open_locked",
+    "channel_open_initialised",
+    "channel_join_slot_taken",
+    "channel_join_entry_written",
+    "channel_send_locked",
+    "channel_send_dirty",
+    "ring_append_written",
+    "channel_send_published",
+    "channel_send_unlocking",
+    "channel_receive_locked",
+    "channel_receive_read",
+    "ring_unlocked_copied",
+    "channel_reap_locked",
+    "channel_leave_locked",
+    "channel_leave_entry_cleared",
+    "channel_leave_removing",
+};
+
+#ifdef SYSV_CRASH_POINTS
+/// This process dies (SIGKILL) at the next crash_here(point).
+void arm_crash_point(crash_point point) noexcept;
+void crash_here(crash_point point) noexcept;
+#else
+inline void crash_here(crash_point) noexcept {}
+#endif
+
 /// The decision of one open_or_create look at an existing set: sans-I/O, so it is unit-tested.
 enum class open_step { ready, wait, foreign, creator_died };
 open_step classify_existing_set(const semaphore_set_status& status, std::size_t expected_size,

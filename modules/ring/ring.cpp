@@ -266,6 +266,7 @@ std::uint64_t view::append(std::span<const std::byte> payload, std::uint32_t sen
     if (!payload.empty())
         std::memcpy(segment_.data() + base + offset + record_header_size, payload.data(),
                     payload.size());
+    detail::crash_here(detail::crash_point::ring_append_written);
     // Publish: readers see the record only once head moved past it (release: the record's
     // bytes are visible to a reader that loads head with acquire).
     store64(offsets::head_seq, seq + 1);
@@ -463,6 +464,7 @@ view::unlocked_read view::read_unlocked(std::size_t slot, std::vector<message>& 
         }
         cursor += size;
     }
+    detail::crash_here(detail::crash_point::ring_unlocked_copied);
     // If a writer dropped records we were copying, it moved tail past our start before reusing
     // their space: then what we copied may be torn, and the locked path sorts it out.
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
