@@ -134,6 +134,9 @@ public:
             return "messages were dropped before this reader read them";
         case errc::no_free_slot:
             return "every reader slot of the channel is taken";
+        case errc::owner_dead:
+            return "the previous owner died holding the lock; the data it protects may be "
+                   "inconsistent";
         }
         return "unknown sysv error " + std::to_string(value);
     }

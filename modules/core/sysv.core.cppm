@@ -74,6 +74,9 @@ enum class errc {
     messages_missed,
     /// A channel has no free reader slot.
     no_free_slot,
+    /// A robust_mutex was taken from a holder that died holding it (the lock is held now): the
+    /// data it protects may be half-updated. Repair it, then guard::mark_consistent().
+    owner_dead,
 };
 
 /// The category of sysv::errc; its name is "sysv".
