@@ -4,6 +4,8 @@
 // believed unless the ring could have produced it.
 #include "harness.hpp"
 
+#include <boost/asio/experimental/awaitable_operators.hpp>
+
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -327,6 +329,50 @@ BOOST_AUTO_TEST_CASE(a_reader_whose_position_is_overwritten_is_told_and_goes_on)
         co_return 0;
     });
     BOOST_TEST(rc == 0);
+}
+
+BOOST_AUTO_TEST_CASE(a_stopped_lock_holder_is_named_and_the_room_resumes_with_it) {
+    using namespace asio::experimental::awaitable_operators;
+    sysv_test::ipc_guard guard;
+    const sysv::key k(guard.temp_key());
+    const auto [set_id, segment_id] = create_channel(guard, k);
+    barrier ready(guard, 2);
+    sysv_test::child holder([&] {
+        asio::io_context io;
+        auto ch = sysv::channel::open_or_create(io.get_executor(), k, small_channel());
+        ch.async_join("bob", [](error_code) {});
+        io.run();
+        auto set = sysv::semaphore_set::open_id(set_id);
+        set.apply(sysv::op::acquire(0).undo()); // the channel's lock, as a writer takes it
+        ready.arrive_and_wait();
+        ::raise(SIGSTOP); // a debugger, Ctrl-Z: stopped while holding the lock
+        set.apply(sysv::op::release(0).undo());
+        return 0;
+    });
+    ready.arrive_and_wait();
+    int status = 0;
+    while (::waitpid(holder.pid(), &status, WUNTRACED) == -1 && errno == EINTR) {
+    }
+    BOOST_REQUIRE(WIFSTOPPED(status));
+    const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
+        auto ch = sysv::channel::open_or_create(io.get_executor(), k, small_channel());
+        const std::string text = "anyone there?";
+        asio::steady_timer patience(io, 300ms);
+        auto first = co_await (ch.async_send(asio::buffer(text), asio::use_awaitable) ||
+                               patience.async_wait(asio::use_awaitable));
+        BOOST_TEST(first.index() == 1u); // the room waits for the stopped holder
+        auto who = ch.lock_holder();
+        BOOST_REQUIRE(who.has_value());
+        BOOST_TEST(who->pid == static_cast<std::uint32_t>(holder.pid()));
+        BOOST_TEST(who->label == "bob");
+        BOOST_TEST((who->state == sysv::process_state::stopped));
+        ::kill(holder.pid(), SIGCONT);
+        co_await ch.async_send(asio::buffer(text), asio::use_awaitable); // resumes with it
+        BOOST_TEST(!ch.lock_holder().has_value());
+        co_return 0;
+    });
+    BOOST_TEST(rc == 0);
+    BOOST_TEST(holder.wait_for(10s).exited_with(0));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

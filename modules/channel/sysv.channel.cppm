@@ -59,6 +59,13 @@ struct channel_message {
     }
 };
 
+/// Who holds a channel's lock (channel::lock_holder()).
+struct channel_lock_holder {
+    std::uint32_t pid = 0;
+    std::string label;   ///< its reader label if it joined, else empty (text from the segment)
+    process_state state; ///< stopped: the channel waits until it is continued
+};
+
 namespace detail {
 /// Semaphores of a channel's set: the lock, the writers' "space" doorbell, the member count,
 /// one liveness semaphore per reader slot (1 = free, taken with SEM_UNDO by its reader so the
@@ -261,6 +268,42 @@ public:
             detail::throw_error(ec, "channel remove", set_.description());
     }
 
+    /// Who holds the lock right now, if anyone (a snapshot, without the lock; two syscalls
+    /// and a read of /proc). A holder's critical section lasts microseconds, and a holder that
+    /// dies releases the lock (SEM_UNDO), but a holder that is stopped (SIGSTOP, Ctrl-Z, a
+    /// debugger) keeps it until it is continued: every member's operations wait meanwhile, and
+    /// slow_reader_grace does not cover it (it bounds waiting for readers that do not read, and
+    /// taking the lock from a stopped holder would expose its half-written record). Call this
+    /// when an operation has been pending for a while, to tell the user who the room waits for
+    /// (the chat says "waiting for <name> (pid N, stopped)").
+    std::optional<channel_lock_holder> lock_holder(error_code& ec) const {
+        ec.clear();
+        const int value = set_.value(sems_.lock, ec);
+        if (ec || value != 0)
+            return std::nullopt;
+        const pid_t pid = set_.last_pid(sems_.lock, ec); // whoever took it last holds it
+        if (ec)
+            return std::nullopt;
+        channel_lock_holder holder{static_cast<std::uint32_t>(pid), {}, state_of(pid)};
+        // The reader table names it; read without the lock, so only a hint for display.
+        error_code view_error;
+        const auto view = ring::view::open(memory_.bytes(), view_error);
+        if (!view_error)
+            for (std::size_t r = 0; r < options_.shape.max_readers; ++r)
+                if (view.in_use(r) && view.pid(r) == holder.pid) {
+                    holder.label = view.label(r);
+                    break;
+                }
+        return holder;
+    }
+    std::optional<channel_lock_holder> lock_holder() const {
+        error_code ec;
+        auto holder = lock_holder(ec);
+        if (ec)
+            detail::throw_error(ec, "channel lock_holder", set_.description());
+        return holder;
+    }
+
     /// Aborts this object's pending waits (operation_aborted); operations continue to be
     /// accepted.
     void cancel() { set_.cancel(); }
@@ -311,41 +354,52 @@ private:
         segment_ = std::move(segment);
         memory_ = std::move(memory);
         owner_ = static_cast<std::uint64_t>(set_.id());
-        // Initialise (or check) the segment under the lock.
-        if (!set_.try_apply_for(
-                lock_op(), std::chrono::milliseconds(options_.open.initialisation_timeout), ec)) {
-            if (ec == errc::removed) { // removed by a joiner that found it stale: try again
-                ec.clear();
-                return false;
-            }
-            if (!ec)
-                ec = make_error_code(errc::not_initialised);
-            return true;
-        }
-        detail::crash_here(detail::crash_point::channel_open_locked);
         enum { fine, stale_set, stale_segment } found = fine;
-        const auto bytes = memory_.bytes();
-        if (ring::is_blank(bytes)) {
-            // Live members (their count is undone by the kernel when they die) with a blank
-            // segment: theirs was removed and this one is new. The set is the stale one.
-            const int members = set_.value(sems_.members, ec);
-            if (!ec && members > 0)
-                found = stale_set;
-            else if (!ec) {
-                ring::initialise(bytes, options_.shape, owner_);
-                detail::crash_here(detail::crash_point::channel_open_initialised);
-            }
-        } else {
-            auto v = ring::view::open(bytes, ec);
+        const auto check_header = [&] {
+            // Shape and owner never change after initialisation: no lock needed to read them.
+            auto v = ring::view::open(memory_.bytes(), ec);
             if (!ec && !(v.shape() == options_.shape))
                 ec = make_error_code(errc::foreign_object);
             else if (!ec && v.owner() != owner_)
                 found = stale_segment; // initialised for a set that no longer has this key
+        };
+        if (!ring::is_blank(memory_.bytes())) {
+            // An initialised channel is opened without its lock, so a holder that is stopped
+            // (see lock_holder()) does not keep others from opening it.
+            check_header();
+        } else {
+            // Initialise under the lock: one process does it.
+            if (!set_.try_apply_for(lock_op(),
+                                    std::chrono::milliseconds(options_.open.initialisation_timeout),
+                                    ec)) {
+                if (ec == errc::removed) { // removed by a joiner that found it stale: try again
+                    ec.clear();
+                    return false;
+                }
+                if (!ec)
+                    ec = make_error_code(errc::not_initialised);
+                return true;
+            }
+            detail::crash_here(detail::crash_point::channel_open_locked);
+            const auto bytes = memory_.bytes();
+            if (!ring::is_blank(bytes)) {
+                check_header(); // initialised by another process meanwhile
+            } else {
+                // Live members (their count is undone by the kernel when they die) with a blank
+                // segment: theirs was removed and this one is new. The set is the stale one.
+                const int members = set_.value(sems_.members, ec);
+                if (!ec && members > 0)
+                    found = stale_set;
+                else if (!ec) {
+                    ring::initialise(bytes, options_.shape, owner_);
+                    detail::crash_here(detail::crash_point::channel_open_initialised);
+                }
+            }
+            error_code unlock_error;
+            set_.try_apply(unlock_op(), unlock_error);
+            if (!ec)
+                ec = unlock_error;
         }
-        error_code unlock_error;
-        set_.try_apply(unlock_op(), unlock_error);
-        if (!ec)
-            ec = unlock_error;
         if (ec == errc::removed) {
             ec.clear();
             return false;

@@ -7,6 +7,9 @@ module;
 
 #include <cerrno>
 #include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <boost/system/error_code.hpp>
@@ -17,6 +20,7 @@ module;
 #include <cstddef>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -72,6 +76,50 @@ bool process_alive(pid_t pid) noexcept {
 }
 
 } // namespace
+
+process_state state_of(pid_t pid) noexcept {
+    if (pid <= 0)
+        return process_state::unknown;
+    char path[32];
+    std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
+    const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1)
+        return errno == ENOENT || errno == ESRCH ? process_state::dead : process_state::unknown;
+    char buffer[512];
+    const ssize_t n = ::read(fd, buffer, sizeof buffer - 1);
+    ::close(fd);
+    if (n <= 0)
+        return process_state::dead; // the entry vanished between open and read
+    buffer[n] = '\0';
+    // "pid (comm) S ...": comm may hold anything, ')' included; the state follows the last ')'.
+    const char* close_paren = std::strrchr(buffer, ')');
+    if (close_paren == nullptr || close_paren[1] != ' ' || close_paren[2] == '\0')
+        return process_state::unknown;
+    switch (close_paren[2]) {
+    case 'T': // stopped by a signal
+    case 't': // stopped by a tracer
+        return process_state::stopped;
+    case 'Z':
+    case 'X':
+        return process_state::dead;
+    default:
+        return process_state::running;
+    }
+}
+
+std::string_view to_string(process_state state) noexcept {
+    switch (state) {
+    case process_state::running:
+        return "running";
+    case process_state::stopped:
+        return "stopped";
+    case process_state::dead:
+        return "dead";
+    case process_state::unknown:
+        break;
+    }
+    return "unknown";
+}
 
 semaphore_set semaphore_set::create(key k, std::span<const int> initial_values, mode_t mode,
                                     error_code& ec) {

@@ -606,6 +606,25 @@ private:
 };
 
 // ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+/// What a process is doing, as far as a peer can tell (/proc/<pid>/stat).
+enum class process_state {
+    running, ///< alive and scheduled (running, or sleeping in a call)
+    stopped, ///< stopped by a signal (SIGSTOP, SIGTSTP, Ctrl-Z) or a debugger: it holds what it
+             ///< holds until it is continued
+    dead,    ///< gone, or a zombie
+    unknown, ///< its /proc entry cannot be read (another user's process under hidepid)
+};
+
+/// The state of process `pid` now (a snapshot).
+process_state state_of(pid_t pid) noexcept;
+
+/// "running", "stopped", "dead" or "unknown".
+std::string_view to_string(process_state state) noexcept;
+
+// ---------------------------------------------------------------------------------------------
 // Scoped removal
 // ---------------------------------------------------------------------------------------------
 

@@ -67,12 +67,16 @@ void initialise(std::span<std::byte> segment, const layout& l, std::uint64_t own
     put<std::uint32_t>(segment, offsets::max_readers, l.max_readers);
     put<std::uint32_t>(segment, offsets::max_message_size, l.max_message_size);
     put<std::uint64_t>(segment, offsets::capacity, l.capacity);
-    put<std::uint64_t>(segment, offsets::magic, magic); // last: a crash before leaves it blank
+    // Last, with release ordering: a crash before leaves it blank, and a process that sees the
+    // magic (is_blank() loads it with acquire) sees the fields written before it.
+    __atomic_store_n(reinterpret_cast<std::uint64_t*>(segment.data() + offsets::magic), magic,
+                     __ATOMIC_RELEASE);
 }
 
 bool is_blank(std::span<const std::byte> segment) noexcept {
     return segment.size() < offsets::header_size ||
-           get<std::uint64_t>(segment, offsets::magic) == 0;
+           __atomic_load_n(reinterpret_cast<const std::uint64_t*>(segment.data() + offsets::magic),
+                           __ATOMIC_ACQUIRE) == 0;
 }
 
 view view::open(std::span<std::byte> segment, error_code& ec) noexcept {
