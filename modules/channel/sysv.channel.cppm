@@ -147,8 +147,8 @@ public:
         error_code ec;
         auto ch = open_or_create(ex, k, options, ec);
         if (ec)
-            detail::throw_error(ec, "channel open_or_create", "channel (key " + to_string(k) + ")",
-                                ring::describe(options.shape));
+            detail::throw_error(ec, ch.failed_step_, "channel (key " + to_string(k) + ")",
+                                ch.open_detail(ec));
         return ch;
     }
 
@@ -326,6 +326,7 @@ private:
     /// generations (or were removed meanwhile); the stale one was removed, try again.
     bool open_once(key k, error_code& ec) {
         const auto values = sems_.initial_values();
+        failed_step_ = "channel open_or_create: semget (open or create the semaphore set)";
         auto set = semaphore_set::open_or_create(k, values, options_.mode, options_.open, ec);
         if (ec == errc::not_initialised) {
             // Its creator died (or stalled beyond options.open.initialisation_timeout) before
@@ -342,13 +343,22 @@ private:
         }
         if (ec)
             return true;
+        failed_step_ = "channel open_or_create: shmget (open or create the segment)";
         auto segment = shared_memory::open_or_create(
             k, static_cast<std::size_t>(ring::segment_size(options_.shape)), options_.mode, ec);
-        if (ec)
+        if (ec) {
+            // No segment at the key and none can be made (a limit, another owner's object): a
+            // set without members is of no use to anyone, and is not left behind.
+            error_code ignored;
+            if (set.value(sems_.members, ignored) == 0 && !ignored)
+                set.remove(ignored);
             return true;
+        }
+        failed_step_ = "channel open_or_create: shmat";
         auto memory = segment.attach(ec);
         if (ec)
             return true;
+        failed_step_ = "channel open_or_create";
         set_ = basic_async_semaphore_set<Executor>(set_.get_executor(), std::move(set),
                                                    options_.wait_backoff);
         segment_ = std::move(segment);
@@ -412,6 +422,27 @@ private:
         else
             segment_.remove(ignored);
         return false;
+    }
+
+    /// What the thrown error of open_or_create adds: the shape, and for a limit, what the
+    /// channel needs against what the kernel allows.
+    std::string open_detail(const error_code& ec) const {
+        std::string s = ring::describe(options_.shape);
+        if (ec != errc::limit_exceeded)
+            return s;
+        const auto l = limits();
+        if (sems_.count() > static_cast<std::size_t>(l.max_semaphores_per_set))
+            s += "; its semaphore set needs " + std::to_string(sems_.count()) +
+                 " semaphores (3 + 2 per reader), more than SEMMSL = " +
+                 std::to_string(l.max_semaphores_per_set) +
+                 " per set: raise it in /proc/sys/kernel/sem (first field), or allow fewer "
+                 "readers";
+        const auto bytes = ring::segment_size(options_.shape);
+        if (bytes > l.max_segment_size)
+            s += "; its segment needs " + std::to_string(bytes) +
+                 " bytes, more than SHMMAX = " + std::to_string(l.max_segment_size) +
+                 ": raise it in /proc/sys/kernel/shmmax, or make the ring smaller";
+        return s;
     }
 
     /// Whether the room's objects are still the ones this channel opened: the segment is not
@@ -1019,6 +1050,7 @@ private:
     shared_memory segment_;
     attachment memory_;
     std::uint32_t pid_;
+    const char* failed_step_ = "channel open_or_create"; ///< for open_or_create's message
     std::uint64_t owner_ = 0; ///< the set id the segment was initialised for
     std::chrono::steady_clock::time_point last_check_{};
     std::size_t slot_ = no_slot;

@@ -69,7 +69,7 @@ namespace {
 std::string limit_hint(const error_code& ec, std::string_view operation) {
     if (ec.category() != boost::system::system_category())
         return {};
-    const auto& l = limits();
+    const auto l = limits();
     const bool sem = operation.find("sem") != std::string_view::npos;
     switch (ec.value()) {
     case ENOSPC:
@@ -80,7 +80,8 @@ std::string limit_hint(const error_code& ec, std::string_view operation) {
                    ") is reached; raise it in /proc/sys/kernel/sem (SEMMSL SEMMNS SEMOPM SEMMNI)";
         return "the system-wide limit on shared memory segments (SHMMNI = " +
                std::to_string(l.max_segments) +
-               ") or pages (SHMALL) is reached; raise it in /proc/sys/kernel/shmmni or "
+               ") or on their pages in all (SHMALL = " + std::to_string(l.max_total_pages) +
+               " pages) is reached; raise it in /proc/sys/kernel/shmmni or "
                "/proc/sys/kernel/shmall";
     case E2BIG:
         return "more operations than SEMOPM = " + std::to_string(l.max_operations_per_call) +
@@ -88,8 +89,9 @@ std::string limit_hint(const error_code& ec, std::string_view operation) {
     case ERANGE:
         return "a semaphore value would exceed SEMVMX = " + std::to_string(l.max_semaphore_value);
     case ENOMEM:
-        return "the kernel could not allocate memory for the object (SHMALL in "
-               "/proc/sys/kernel/shmall limits shared memory pages)";
+        return "the kernel could not allocate memory for the object (SHMALL = " +
+               std::to_string(l.max_total_pages) +
+               " pages in /proc/sys/kernel/shmall limits shared memory in all)";
     default:
         return {};
     }
@@ -148,38 +150,37 @@ const boost::system::error_category& error_category() noexcept {
     return instance;
 }
 
-const kernel_limits& limits() {
-    static const kernel_limits cached = [] {
-        kernel_limits l{};
-        seminfo si{};
-        semun arg{};
-        arg.info = &si;
-        if (::semctl(0, 0, IPC_INFO, arg) >= 0) {
-            l.max_semaphores_per_set = si.semmsl;
-            l.max_semaphores = si.semmns;
-            l.max_operations_per_call = si.semopm;
-            l.max_semaphore_sets = si.semmni;
-            l.max_semaphore_value = si.semvmx;
-        } else { // The documented Linux defaults.
-            l.max_semaphores_per_set = 32000;
-            l.max_semaphores = 1024000000;
-            l.max_operations_per_call = 500;
-            l.max_semaphore_sets = 32000;
-            l.max_semaphore_value = semvmx;
-        }
-        shminfo mi{};
-        if (::shmctl(0, IPC_INFO, reinterpret_cast<shmid_ds*>(&mi)) >= 0) {
-            l.max_segment_size = mi.shmmax;
-            l.min_segment_size = mi.shmmin;
-            l.max_segments = mi.shmmni;
-        } else {
-            l.max_segment_size = ~std::size_t(0) >> 1;
-            l.min_segment_size = 1;
-            l.max_segments = 4096;
-        }
-        return l;
-    }();
-    return cached;
+kernel_limits limits() {
+    kernel_limits l{};
+    seminfo si{};
+    semun arg{};
+    arg.info = &si;
+    if (::semctl(0, 0, IPC_INFO, arg) >= 0) {
+        l.max_semaphores_per_set = si.semmsl;
+        l.max_semaphores = si.semmns;
+        l.max_operations_per_call = si.semopm;
+        l.max_semaphore_sets = si.semmni;
+        l.max_semaphore_value = si.semvmx;
+    } else { // The documented Linux defaults.
+        l.max_semaphores_per_set = 32000;
+        l.max_semaphores = 1024000000;
+        l.max_operations_per_call = 500;
+        l.max_semaphore_sets = 32000;
+        l.max_semaphore_value = semvmx;
+    }
+    shminfo mi{};
+    if (::shmctl(0, IPC_INFO, reinterpret_cast<shmid_ds*>(&mi)) >= 0) {
+        l.max_segment_size = mi.shmmax;
+        l.min_segment_size = mi.shmmin;
+        l.max_segments = mi.shmmni;
+        l.max_total_pages = mi.shmall;
+    } else {
+        l.max_segment_size = ~std::size_t(0) >> 1;
+        l.min_segment_size = 1;
+        l.max_segments = 4096;
+        l.max_total_pages = ~std::size_t(0) >> 1;
+    }
+    return l;
 }
 
 namespace detail {

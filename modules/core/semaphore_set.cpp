@@ -12,6 +12,7 @@ module;
 #include <boost/system/system_error.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <span>
@@ -57,8 +58,9 @@ error_code check_values(std::span<const int> values) noexcept {
 
 std::string values_detail(std::span<const int> values) {
     std::string s = std::to_string(values.size()) + " semaphore(s)";
-    if (values.size() > static_cast<std::size_t>(limits().max_semaphores_per_set))
-        s += ", more than SEMMSL = " + std::to_string(limits().max_semaphores_per_set) +
+    const int semmsl = limits().max_semaphores_per_set;
+    if (values.size() > static_cast<std::size_t>(semmsl))
+        s += ", more than SEMMSL = " + std::to_string(semmsl) +
              " per set; raise it in /proc/sys/kernel/sem (first field)";
     for (std::size_t i = 0; i < values.size(); ++i)
         if (values[i] < 0 || values[i] > semvmx) {
@@ -69,12 +71,26 @@ std::string values_detail(std::span<const int> values) {
     return s;
 }
 
+namespace {
+// SEMOPM for the check made before every semop: read once, and read again before refusing a
+// group (or after the kernel refused one with E2BIG), so a changed limit is seen at once.
+std::atomic<int> cached_semopm{0};
+std::size_t semopm(bool refresh) noexcept {
+    int v = cached_semopm.load(std::memory_order_relaxed);
+    if (v <= 0 || refresh) {
+        v = limits().max_operations_per_call;
+        cached_semopm.store(v, std::memory_order_relaxed);
+    }
+    return static_cast<std::size_t>(v);
+}
+} // namespace
+
 error_code semaphore_set::validate(operation_list ops) const noexcept {
     if (id_ < 0)
         return make_error_code(errc::not_open);
     if (ops.size() == 0)
         return make_error_code(errc::invalid_argument);
-    if (ops.size() > static_cast<std::size_t>(limits().max_operations_per_call))
+    if (ops.size() > semopm(false) && ops.size() > semopm(true))
         return make_error_code(errc::limit_exceeded);
     for (const operation& o : ops) {
         if (o.index() >= size_)
@@ -98,9 +114,10 @@ std::string ops_detail(const semaphore_set& set, operation_list ops) {
     std::string s;
     if (ops.size() == 0)
         return "empty operation group";
-    if (ops.size() > static_cast<std::size_t>(limits().max_operations_per_call))
-        return std::to_string(ops.size()) + " operations, more than SEMOPM = " +
-               std::to_string(limits().max_operations_per_call) +
+    if (const int limit = limits().max_operations_per_call;
+        ops.size() > static_cast<std::size_t>(limit))
+        return std::to_string(ops.size()) +
+               " operations, more than SEMOPM = " + std::to_string(limit) +
                "; raise it in /proc/sys/kernel/sem (third field)";
     for (const operation& o : ops) {
         if (o.index() >= set.size())
@@ -412,6 +429,8 @@ attempt_result try_semop(int set_id, semop_buffer& ops, error_code& ec) noexcept
             return attempt_result::applied;
         if (errno == EAGAIN)
             return attempt_result::would_block;
+        if (errno == E2BIG) // SEMOPM was lowered: check against the new value from now on
+            cached_semopm.store(0, std::memory_order_relaxed);
         if (errno != EINTR) {
             ec = id_error(errno);
             return attempt_result::failed;

@@ -48,7 +48,7 @@ error_code stat_segment(int id, shmid_ds& ds) noexcept {
 }
 
 error_code check_segment_size(std::size_t size) noexcept {
-    const auto& l = limits();
+    const auto l = limits();
     if (size == 0)
         return make_error_code(errc::invalid_argument);
     if (size < l.min_segment_size || size > l.max_segment_size)
@@ -57,7 +57,7 @@ error_code check_segment_size(std::size_t size) noexcept {
 }
 
 std::string segment_size_detail(std::size_t size) {
-    const auto& l = limits();
+    const auto l = limits();
     return "size " + std::to_string(size) + " bytes; the kernel allows " +
            std::to_string(l.min_segment_size) + ".." + std::to_string(l.max_segment_size) +
            " (SHMMIN..SHMMAX, see /proc/sys/kernel/shmmax)";

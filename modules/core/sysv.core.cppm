@@ -90,7 +90,7 @@ inline error_code make_error_code(errc e) noexcept {
 // Kernel limits
 // ---------------------------------------------------------------------------------------------
 
-/// Limits of the running kernel, read once with semctl/shmctl(IPC_INFO).
+/// Limits of the running kernel (of this process's IPC namespace), from semctl/shmctl(IPC_INFO).
 /// Semaphore limits are set in /proc/sys/kernel/sem ("SEMMSL SEMMNS SEMOPM SEMMNI"); shared memory
 /// limits in /proc/sys/kernel/shmmax, shmall and shmmni.
 struct kernel_limits {
@@ -102,10 +102,13 @@ struct kernel_limits {
     std::size_t max_segment_size; ///< SHMMAX
     std::size_t min_segment_size; ///< SHMMIN
     std::size_t max_segments;     ///< SHMMNI
+    std::size_t max_total_pages;  ///< SHMALL (pages of shared memory, system-wide)
 };
 
-/// The limits of this kernel (cached after the first call).
-const kernel_limits& limits();
+/// The limits now: read from the kernel on every call (two syscalls), since an administrator
+/// may change them while programs run. Creating objects and composing error messages use the
+/// current values; the per-operation check of SEMOPM uses a copy refreshed when it refuses.
+kernel_limits limits();
 
 // ---------------------------------------------------------------------------------------------
 // Keys
