@@ -14,6 +14,7 @@ sysv_add_module_library(asio_sysv
         sysv.channel=${_asio_sysv_dir}/channel/sysv.channel.cppm
         sysv=${_asio_sysv_dir}/sysv.cppm
     SOURCES
+        ${_asio_sysv_dir}/core/doorbell.cpp
         ${_asio_sysv_dir}/core/errors.cpp
         ${_asio_sysv_dir}/core/key.cpp
         ${_asio_sysv_dir}/core/shared_memory.cpp
@@ -21,6 +22,7 @@ sysv_add_module_library(asio_sysv
         ${_asio_sysv_dir}/core/semaphore_set_open.cpp
         ${_asio_sysv_dir}/ring/ring.cpp
         ${_asio_sysv_dir}/async/poll_service.cpp
+        ${_asio_sysv_dir}/async/doorbell_watchers.cpp
 )
 unset(_asio_sysv_dir)
 # Usage requirements: everything that changes what the std/Boost headers expand to must be the

@@ -30,6 +30,11 @@ if [ "${SYSV_TEST_IPC_NAMESPACE:-}" = "" ]; then
 fi
 export SYSV_TEST_IPC_NAMESPACE
 
+# The library's doorbell table (one segment per user, kept for reuse) lives at a key of this run,
+# and is removed at the end like everything else the test made.
+SYSV_DOORBELL_KEY=$(printf '0x5d5e%04x' $(($$ & 0xffff)))
+export SYSV_DOORBELL_KEY
+
 before=$(mktemp)
 trap 'rm -f "$before"' EXIT
 tables >"$before"
@@ -41,6 +46,7 @@ fi
 
 status=0
 "$@" || status=$?
+ipcrm -M "$SYSV_DOORBELL_KEY" 2>/dev/null || true
 
 leaked=$(tables | comm -13 "$before" -)
 if [ -n "$leaked" ]; then

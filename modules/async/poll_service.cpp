@@ -9,18 +9,42 @@ module;
 
 #include <sched.h>
 #include <sys/sem.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
 #include <span>
+#include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 module sysv.async;
+
+namespace sysv {
+
+std::string_view to_string(wake_mode mode) noexcept {
+    switch (mode) {
+    case wake_mode::io_uring:
+        return "io_uring";
+    case wake_mode::helper_thread:
+        return "helper_thread";
+    case wake_mode::polling:
+        break;
+    }
+    return "polling";
+}
+
+} // namespace sysv
 
 namespace sysv::detail {
 
@@ -67,6 +91,148 @@ bool apply_to_snapshot(std::span<int> values, std::span<const sembuf> ops) noexc
     return feasible;
 }
 
+poll_service::poll_service(asio::execution_context& context)
+    : asio::execution_context::service(context) {}
+
+poll_service::~poll_service() {
+    watcher_.reset();
+}
+
+void poll_service::choose_mode_locked() {
+    if (mode_chosen_ && mode_pid_ != ::getpid()) {
+        // A forked child that did not call notify_fork(fork_child): the watcher's ring and
+        // descriptor are the parent's (so is the reactor): leave them alone, choose again.
+        (void)watcher_.release();
+        mode_chosen_ = false;
+        watched_.clear();
+        for (pending_wait* w = head_; w != nullptr; w = w->next)
+            w->on_doorbell = false;
+    }
+    if (mode_chosen_)
+        return;
+    mode_chosen_ = true;
+    mode_pid_ = ::getpid();
+    mode_ = wake_mode::polling;
+    watcher_.reset();
+    std::string forced;
+    if (const char* env = std::getenv("SYSV_WAIT_MODE"); env != nullptr && *env != '\0')
+        forced = env;
+    std::string why;
+    if (!forced.empty() && forced != "io_uring" && forced != "thread" && forced != "polling")
+        why = "SYSV_WAIT_MODE='" + forced + "' is not io_uring, thread or polling; ";
+    if (forced == "polling") {
+        mode_reason_ = "polling forced (SYSV_WAIT_MODE=polling)";
+        return;
+    }
+    if (doorbell_table::get() == nullptr) {
+        mode_reason_ = why + doorbell_table::unavailable_reason();
+        return;
+    }
+    if (forced != "thread") {
+        std::string uring_why;
+        if ((watcher_ = make_uring_watcher(*this, uring_why))) {
+            mode_ = wake_mode::io_uring;
+            mode_reason_ = why;
+            return;
+        }
+        why += "io_uring is unavailable (" + uring_why + ")";
+    } else {
+        why += "helper thread forced (SYSV_WAIT_MODE=thread)";
+    }
+    std::string thread_why;
+    if ((watcher_ = make_thread_watcher(*this, thread_why))) {
+        mode_ = wake_mode::helper_thread;
+        mode_reason_ = why;
+        return;
+    }
+    mode_reason_ = why + "; the helper thread is unavailable (" + thread_why + ")";
+}
+
+wake_mode poll_service::mode() const {
+    std::lock_guard lock(mutex_);
+    const_cast<poll_service*>(this)->choose_mode_locked();
+    return mode_;
+}
+
+std::string poll_service::mode_reason() const {
+    std::lock_guard lock(mutex_);
+    const_cast<poll_service*>(this)->choose_mode_locked();
+    return mode_reason_;
+}
+
+void poll_service::on_doorbell() {
+    std::lock_guard lock(mutex_);
+    bool any = false;
+    const auto now = clock::now();
+    for (pending_wait* w = head_; w != nullptr; w = w->next) {
+        if (!w->on_doorbell)
+            continue;
+        for (std::size_t k = 0; k < 2; ++k)
+            if (w->words[k] != nullptr && doorbell_value(w->words[k]) != w->expected[k]) {
+                w->on_doorbell = false;
+                w->due = std::min(w->due, now);
+                any = true;
+                break;
+            }
+    }
+    if (any)
+        post_pass_locked();
+    else // nothing changed for us (a shared slot, a spurious wake): watch again
+        update_watch_locked(now);
+}
+
+void poll_service::update_watch_locked(clock::time_point now) {
+    if (!watcher_)
+        return;
+    std::vector<watched_word> words;
+    for (pending_wait* w = head_; w != nullptr; w = w->next)
+        if (w->on_doorbell)
+            for (std::size_t k = 0; k < 2; ++k)
+                if (w->words[k] != nullptr)
+                    words.push_back({w->words[k], w->expected[k]});
+    std::sort(words.begin(), words.end(), [](const watched_word& a, const watched_word& b) {
+        return a.word < b.word || (a.word == b.word && a.expected < b.expected);
+    });
+    // One entry per word. Two waits that read a word at different times and saw different
+    // values: it changed after the older read, so that wait tries again now instead.
+    bool stale = false;
+    std::size_t out = 0;
+    for (std::size_t i = 0; i < words.size(); ++i) {
+        if (out > 0 && words[out - 1].word == words[i].word) {
+            if (words[out - 1].expected != words[i].expected)
+                stale = true;
+            continue;
+        }
+        words[out++] = words[i];
+    }
+    words.resize(out);
+    if (stale) {
+        for (pending_wait* w = head_; w != nullptr; w = w->next)
+            if (w->on_doorbell)
+                for (std::size_t k = 0; k < 2; ++k)
+                    if (w->words[k] != nullptr && doorbell_value(w->words[k]) != w->expected[k]) {
+                        w->on_doorbell = false;
+                        w->due = std::min(w->due, now);
+                    }
+        post_pass_locked();
+    }
+    watched_ = words;
+    watcher_->watch(watched_);
+}
+
+void poll_service::notify_fork(asio::execution_context::fork_event event) {
+    if (event != asio::execution_context::fork_child)
+        return;
+    // The child must not use the parent's ring (its queues are shared memory with the parent)
+    // or count on the parent's helper thread (it did not survive the fork): choose again.
+    std::lock_guard lock(mutex_);
+    watcher_.reset();
+    mode_chosen_ = false;
+    watched_.clear();
+    for (pending_wait* w = head_; w != nullptr; w = w->next)
+        w->on_doorbell = false;
+}
+
 void poll_service::link(pending_wait* w) {
     w->prev = tail_;
     w->next = nullptr;
@@ -107,6 +273,17 @@ void poll_service::start(pending_wait* w, const asio::any_io_executor& ex) {
         w->finish(w, asio::error::operation_aborted, true);
         return;
     }
+    choose_mode_locked();
+    if (watcher_) {
+        if (doorbell_table* table = doorbell_table::get()) {
+            const unsigned heard = doorbells_heard_by(w->ops.span());
+            if (heard & doorbell_up)
+                w->words[0] = table->word(w->set_id, doorbell_up);
+            if (heard & doorbell_zero)
+                w->words[1] = table->word(w->set_id, doorbell_zero);
+            w->schedule.set_doorbells(true);
+        }
+    }
     link(w);
     const auto pause = w->schedule.next(uniform01(random_));
     if (pause.count() == 0) {
@@ -132,6 +309,8 @@ void poll_service::cancel(pending_wait* w) {
     if (w->linked) {
         unlink(w);
         w->done = true;
+        if (count_ == 0 && !watched_.empty())
+            post_pass_locked(); // stops watching, so run() can return
         lock.unlock();
         w->finish(w, asio::error::operation_aborted, true);
     } else if (!w->done) {
@@ -152,6 +331,8 @@ void poll_service::cancel_owner(std::uint64_t owner) {
             }
             w = next;
         }
+        if (count_ == 0 && !watched_.empty())
+            post_pass_locked(); // stops watching, so run() can return
     }
     for (pending_wait* w : cancelled)
         w->finish(w, asio::error::operation_aborted, true);
@@ -232,6 +413,13 @@ void poll_service::run_pass() {
         };
         if (!std::is_sorted(candidates.begin(), candidates.end(), by_set))
             std::stable_sort(candidates.begin(), candidates.end(), by_set);
+        // The doorbell words are read before the attempts: a release after this read changes
+        // them, so a wait that then sleeps on them cannot miss it.
+        for (pending_wait* w : candidates)
+            for (std::size_t k = 0; k < 2; ++k)
+                if (w->words[k] != nullptr)
+                    w->seen[k] = doorbell_value(w->words[k]);
+        bool retry_now = false;
         for (auto group = candidates.begin(); group != candidates.end();) {
             const auto group_end =
                 std::find_if(group, candidates.end(),
@@ -267,9 +455,25 @@ void poll_service::run_pass() {
                 if (result == attempt_result::would_block) {
                     const auto pause = w->schedule.next(uniform01(random_));
                     w->sleeping = pause.count() != 0;
+                    w->on_doorbell = false;
                     if (w->sleeping) {
                         w->interval = pause;
                         w->due = now + pause;
+                        if (w->schedule.doorbells()) {
+                            bool changed = false;
+                            for (std::size_t k = 0; k < 2; ++k)
+                                if (w->words[k] != nullptr) {
+                                    const auto v = mark_sleeper(w->words[k], w->seen[k]);
+                                    changed = changed || !v;
+                                    w->expected[k] = v.value_or(0);
+                                }
+                            if (changed) { // rung since the read: try again at once
+                                w->due = now;
+                                retry_now = true;
+                            } else {
+                                w->on_doorbell = w->words[0] != nullptr || w->words[1] != nullptr;
+                            }
+                        }
                     }
                     continue;
                 }
@@ -290,9 +494,10 @@ void poll_service::run_pass() {
             if (w->deadline && (!earliest || *w->deadline < *earliest))
                 earliest = *w->deadline;
         }
-        if (yielding)
+        if (yielding || retry_now)
             post_pass_locked();
         arm_timer_at_locked(earliest);
+        update_watch_locked(now);
     }
     for (auto& [w, ec] : completed)
         w->finish(w, ec, false);
@@ -314,6 +519,8 @@ void poll_service::shutdown() {
             w->done = true;
             abandoned.push_back(w);
         }
+        watcher_.reset();
+        watched_.clear();
         timer_.reset();
         executor_.reset();
     }

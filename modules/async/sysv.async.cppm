@@ -32,6 +32,7 @@ module;
 #include <boost/asio/steady_timer.hpp>
 
 #include <sys/sem.h>
+#include <sys/types.h>
 
 #include <algorithm>
 #include <array>
@@ -45,6 +46,8 @@ module;
 #include <optional>
 #include <random>
 #include <span>
+#include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -80,20 +83,39 @@ export namespace sysv {
 ///    idle wait costs ~0.7% of a core at 3 ms (2.1% at 1 ms), and 10,000 idle waits on one set
 ///    ~4-5% (one GETALL per tick plus a check per waiter). 1,000 waits on 1,000 different sets
 ///    cost a semop per set per tick (~9% at 3 ms): group waits on few sets when you can.
+///
+/// With doorbells (wake_mode io_uring or helper_thread, see wake_mode_of()), a release made
+/// through this library wakes the wait at once, and the polls above are only the backstop for
+/// releasers that do not ring (other programs, `ipcrm`). `doorbell_max_sleep`, when set, caps
+/// the backstop's sleeps instead of max_sleep: set it long (library_releasers(): 1 s) when every
+/// releaser uses this library, and idle waits cost next to nothing. Without doorbells it is not
+/// used: a wait then polls as above.
 struct backoff {
     unsigned immediate_yields = 64;
     std::chrono::microseconds first_sleep{20};
     double growth = 2.0;
     std::chrono::microseconds max_sleep{3000};
     double jitter = 0.0;
+    std::chrono::microseconds doorbell_max_sleep{0}; ///< 0: max_sleep
 
-    /// errc::invalid_argument unless first_sleep > 0, max_sleep >= first_sleep, growth >= 1 and
-    /// 0 <= jitter < 1.
+    /// errc::invalid_argument unless first_sleep > 0, max_sleep >= first_sleep, growth >= 1,
+    /// 0 <= jitter < 1, and doorbell_max_sleep is 0 or >= first_sleep.
     error_code validate() const noexcept {
         if (first_sleep.count() <= 0 || max_sleep < first_sleep || !(growth >= 1.0) ||
-            !(jitter >= 0.0 && jitter < 1.0))
+            !(jitter >= 0.0 && jitter < 1.0) ||
+            (doorbell_max_sleep.count() != 0 && doorbell_max_sleep < first_sleep))
             return make_error_code(errc::invalid_argument);
         return {};
+    }
+
+    /// For waits whose releasers all use this library (so every release rings): with
+    /// doorbells, the backstop polls once a second (an idle wait costs ~0 CPU); without them,
+    /// the defaults. A release by another program (or `ipcrm`) is then seen within a second.
+    static backoff library_releasers() noexcept {
+        backoff b;
+        b.doorbell_max_sleep = std::chrono::microseconds(1'000'000);
+        b.growth = 4.0;
+        return b;
     }
 
     /// Tuned for latency: short sleeps capped at 200 us (wake-up p99 ~0.2-0.4 ms), at ~10% of a
@@ -117,6 +139,11 @@ class backoff_schedule {
 public:
     explicit backoff_schedule(const backoff& b = {}) noexcept : backoff_(b) {}
 
+    /// Whether the wait also hears doorbells: then the sleeps are capped by
+    /// backoff::doorbell_max_sleep when it is set.
+    void set_doorbells(bool on) noexcept { doorbells_ = on; }
+    bool doorbells() const noexcept { return doorbells_; }
+
     /// The pause before the next attempt: zero means "yield to the executor, then retry";
     /// otherwise sleep that long. `random01` in [0, 1) drives the jitter (ignored without it).
     std::chrono::nanoseconds next(double random01 = 0.5) noexcept {
@@ -124,7 +151,9 @@ public:
             ++yields_done_;
             return std::chrono::nanoseconds(0);
         }
-        const std::chrono::nanoseconds cap = backoff_.max_sleep;
+        const std::chrono::nanoseconds cap = doorbells_ && backoff_.doorbell_max_sleep.count() > 0
+                                                 ? backoff_.doorbell_max_sleep
+                                                 : backoff_.max_sleep;
         if (current_.count() == 0)
             current_ = backoff_.first_sleep;
         const auto sleep = current_;
@@ -146,9 +175,31 @@ public:
 
 private:
     backoff backoff_;
+    bool doorbells_ = false;
     unsigned yields_done_ = 0;
     std::chrono::nanoseconds current_{0};
 };
+
+} // namespace sysv
+
+export namespace sysv {
+
+/// How the waits of an execution context are woken when a release they wait for happens:
+///  * io_uring: doorbells awaited by io_uring FUTEX_WAITV on a ring of the context, watched
+///    through an eventfd like any descriptor: no thread, no polling (Linux >= 6.7);
+///  * helper_thread: doorbells awaited by one internal thread of the process in futex_waitv,
+///    which posts to the contexts (Linux >= 5.16; at most 127 distinct doorbell words are
+///    watched, the others rely on the backstop);
+///  * polling: the backoff schedule only (no doorbell table, or forced).
+/// A release by another program (Python's sysv_ipc, C, `ipcrm`) never rings: it is seen by the
+/// backoff polls, which go on in every mode as a backstop (see backoff::doorbell_max_sleep).
+/// The mode is chosen once per context, at its first wait: the best available, or the one
+/// $SYSV_WAIT_MODE names (io_uring, thread, polling; a forced mode that is unavailable falls
+/// back, and wake_mode_reason() says why).
+enum class wake_mode { io_uring, helper_thread, polling };
+
+/// "io_uring", "helper_thread" or "polling".
+std::string_view to_string(wake_mode mode) noexcept;
 
 } // namespace sysv
 
@@ -232,6 +283,30 @@ struct pending_wait {
     std::optional<std::chrono::steady_clock::time_point> deadline; ///< async_apply_for
     std::chrono::steady_clock::time_point due{};
     std::chrono::nanoseconds interval{0};
+    // Doorbells: the words this wait hears (up, zero; null when not heard), their values read
+    // before the last attempt, and the values it sleeps on (sleeper bit set).
+    std::array<std::uint32_t*, 2> words{};
+    std::array<std::uint32_t, 2> seen{};
+    std::array<std::uint32_t, 2> expected{};
+    bool on_doorbell = false; ///< asleep with `expected` marked in its words
+};
+
+/// One word to watch: wake when it no longer holds `expected`.
+struct watched_word {
+    std::uint32_t* word;
+    std::uint32_t expected;
+    friend bool operator==(const watched_word&, const watched_word&) = default;
+};
+
+/// Waits on doorbell words for a poll service, and tells it (on_doorbell) when one changed:
+/// io_uring FUTEX_WAITV on a ring of the service's context, or the process's helper thread in
+/// futex_waitv. Defined in async/doorbell_watchers.cpp.
+class doorbell_watcher {
+public:
+    virtual ~doorbell_watcher() = default;
+    /// Watch exactly `words` from now on (empty: nothing, and keep no work pending). Called
+    /// from the service's passes, with its lock held.
+    virtual void watch(const std::vector<watched_word>& words) = 0;
 };
 
 /// One per execution context: owns every pending wait of that context, the yield passes and the
@@ -240,9 +315,8 @@ class poll_service final : public asio::execution_context::service {
 public:
     inline static asio::execution_context::id id;
 
-    explicit poll_service(asio::execution_context& context)
-        : asio::execution_context::service(context) {}
-    ~poll_service() override = default;
+    explicit poll_service(asio::execution_context& context);
+    ~poll_service() override;
 
     /// Takes a wait whose first attempt would have blocked; `ex` runs the passes (the first
     /// executor seen is kept for the context's passes and timer).
@@ -258,13 +332,30 @@ public:
     /// Number of waits currently pending (for tests and benchmarks).
     std::size_t pending() const;
 
+    /// A doorbell word that waits sleep on changed: poll them now.
+    void on_doorbell();
+
+    /// How this service's waits are woken, and why not by a better way (empty when they are).
+    wake_mode mode() const;
+    std::string mode_reason() const;
+
     static std::uint64_t new_owner_id() noexcept {
         static std::atomic<std::uint64_t> next{1};
         return next.fetch_add(1, std::memory_order_relaxed);
     }
 
 private:
+    friend class uring_watcher;
+    friend class thread_watcher;
+
     void shutdown() override;
+    void notify_fork(asio::execution_context::fork_event event) override;
+
+    /// Chooses and makes the wake mode (once, on the first wait).
+    void choose_mode_locked();
+    /// Watches the words of the waits that sleep on doorbells; a word that changed since a
+    /// wait read it makes that wait due now.
+    void update_watch_locked(std::chrono::steady_clock::time_point now);
 
     void link(pending_wait* w);
     void unlink(pending_wait* w);
@@ -282,11 +373,23 @@ private:
     std::optional<asio::steady_timer> timer_;
     std::optional<std::chrono::steady_clock::time_point> timer_at_;
     std::minstd_rand random_{0x5eed};
+    // Doorbells.
+    bool mode_chosen_ = false;
+    pid_t mode_pid_ = 0;
+    wake_mode mode_ = wake_mode::polling;
+    std::string mode_reason_;
+    std::unique_ptr<doorbell_watcher> watcher_;
+    std::vector<watched_word> watched_;
     // Scratch space of run_pass, kept to avoid allocating on every pass.
     std::vector<pending_wait*> candidates_;
     std::vector<unsigned short> raw_;
     std::vector<int> values_;
 };
+
+/// The watchers of the two doorbell modes (async/doorbell_watchers.cpp): null, with `why`, when
+/// the mode is not available here.
+std::unique_ptr<doorbell_watcher> make_uring_watcher(poll_service& service, std::string& why);
+std::unique_ptr<doorbell_watcher> make_thread_watcher(poll_service& service, std::string& why);
 
 /// The typed pending wait: the completion handler and the work that keeps its executor alive.
 template <class Handler, class IoExecutor>
@@ -396,6 +499,16 @@ private:
 } // namespace sysv::detail
 
 export namespace sysv {
+
+/// The wake mode of `context`'s waits (chosen at its first wait; chosen now if none yet).
+inline wake_mode wake_mode_of(boost::asio::execution_context& context) {
+    return boost::asio::use_service<detail::poll_service>(context).mode();
+}
+/// Why the waits of `context` are not woken by a better mode than wake_mode_of() (empty when
+/// they are woken by io_uring, the best).
+inline std::string wake_mode_reason(boost::asio::execution_context& context) {
+    return boost::asio::use_service<detail::poll_service>(context).mode_reason();
+}
 
 // ---------------------------------------------------------------------------------------------
 // Asynchronous semaphore set

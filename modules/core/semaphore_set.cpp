@@ -156,6 +156,7 @@ void semaphore_set::apply(operation_list ops, error_code& ec) {
             return;
         }
     }
+    detail::ring_doorbells(id_, detail::doorbells_rung_by(raw.span()));
 }
 
 void semaphore_set::apply(operation_list ops) {
@@ -177,8 +178,10 @@ bool semaphore_set::try_apply_for(operation_list ops, std::chrono::nanoseconds t
         timespec ts{};
         ts.tv_sec = static_cast<time_t>(remaining.count() / 1'000'000'000);
         ts.tv_nsec = static_cast<long>(remaining.count() % 1'000'000'000);
-        if (::semtimedop(id_, raw.data(), raw.size(), &ts) == 0)
+        if (::semtimedop(id_, raw.data(), raw.size(), &ts) == 0) {
+            detail::ring_doorbells(id_, detail::doorbells_rung_by(raw.span()));
             return true;
+        }
         if (errno == EAGAIN)
             return false;
         if (errno != EINTR) {
@@ -302,6 +305,8 @@ void semaphore_set::set_value(std::size_t index, int value, error_code& ec) {
     arg.val = value;
     if (::semctl(id_, static_cast<int>(index), SETVAL, arg) == -1)
         ec = detail::id_error(errno);
+    else
+        detail::ring_doorbells(id_, detail::doorbell_all);
 }
 
 void semaphore_set::set_value(std::size_t index, int value) {
@@ -331,6 +336,8 @@ void semaphore_set::set_values(std::span<const int> values, error_code& ec) {
     arg.array = raw.data();
     if (::semctl(id_, 0, SETALL, arg) == -1)
         ec = detail::id_error(errno);
+    else
+        detail::ring_doorbells(id_, detail::doorbell_all);
 }
 
 void semaphore_set::set_values(std::span<const int> values) {
@@ -407,6 +414,7 @@ void semaphore_set::remove(error_code& ec) {
         ec = detail::id_error(errno);
         return;
     }
+    detail::ring_doorbells(id_, detail::doorbell_all); // waiters learn of the removal at once
     id_ = -1;
 }
 
@@ -425,8 +433,10 @@ namespace detail {
 
 attempt_result try_semop(int set_id, semop_buffer& ops, error_code& ec) noexcept {
     for (;;) {
-        if (::semop(set_id, ops.data(), ops.size()) == 0)
+        if (::semop(set_id, ops.data(), ops.size()) == 0) {
+            ring_doorbells(set_id, doorbells_rung_by(ops.span()));
             return attempt_result::applied;
+        }
         if (errno == EAGAIN)
             return attempt_result::would_block;
         if (errno == E2BIG) // SEMOPM was lowered: check against the new value from now on

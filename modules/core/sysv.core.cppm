@@ -708,6 +708,76 @@ enum class attempt_result { applied, would_block, failed };
 /// or failed with `ec` (errc::removed for a set that is gone).
 attempt_result try_semop(int set_id, semop_buffer& ops, error_code& ec) noexcept;
 
+// ---- Doorbells (core/doorbell.cpp; the async layer waits on them) -----------------------------
+
+/// What a change lets waiters do: `doorbell_up` (a value rose: acquires may now proceed),
+/// `doorbell_zero` (a value fell: waits for zero may now proceed). Bit flags.
+enum doorbell_kind : unsigned { doorbell_up = 1, doorbell_zero = 2, doorbell_all = 3 };
+
+/// The doorbells a successful group rings: up for a release, zero for an acquire.
+unsigned doorbells_rung_by(std::span<const sembuf> ops) noexcept;
+/// The doorbells a blocked group listens to: up for an acquire, zero for a wait for zero.
+unsigned doorbells_heard_by(std::span<const sembuf> ops) noexcept;
+
+/// The per-user table of doorbell words: a System V segment (mode 0600) at a well-known key,
+/// holding for each semaphore set (a slot chosen by hashing its id; sets that share a slot only
+/// get spurious wake-ups) two 32-bit futex words, `up` and `zero`. Bit 0 of a word says that a
+/// process sleeps on it; the other bits count changes. A successful change made through this
+/// library rings its set's words: one atomic read-modify-write (add 2, clear bit 0) and, only if
+/// bit 0 was set, FUTEX_WAKE. A waiter reads the word before its semop attempt and, to sleep,
+/// sets bit 0 only if the word still holds what it read (so a change in between is never
+/// missed: the semaphore stays the truth, a ring only means "try again"). A sleeper that dies
+/// leaves bit 0 set: the next ring wakes nobody and clears it.
+///
+/// The key is 0x5d000000 | (effective uid & 0xffffff), or $SYSV_DOORBELL_KEY (a number, or
+/// "off" for no doorbells). The segment stays after the last process exits (32 KiB; it is
+/// re-used, and rebuilt if removed: remove_doorbell_table()). An object of another owner, mode
+/// or format at the key turns doorbells off for this process (unavailable_reason() says why);
+/// waits then poll only.
+class doorbell_table {
+public:
+    static constexpr std::uint64_t magic = 0x31304244564d5953ULL; // "SYSVDB01"
+    static constexpr std::size_t slots = 1024, slot_size = 32, header_size = 64;
+    static constexpr std::size_t size = header_size + slots * slot_size;
+
+    /// This process's table, attached on first use (also after fork: the mapping is inherited);
+    /// nullptr when doorbells are off.
+    static doorbell_table* get() noexcept;
+    /// Why get() returns nullptr, or empty.
+    static std::string unavailable_reason();
+    /// The key the table lives at (for messages and tests), or nothing when doorbells are off.
+    static std::optional<key> table_key() noexcept;
+
+    std::uint32_t* word(int set_id, doorbell_kind kind) const noexcept {
+        const auto hash = static_cast<std::uint32_t>(set_id) * 2654435761u;
+        const std::size_t slot = (hash >> 22) % slots; // the top 10 bits
+        return reinterpret_cast<std::uint32_t*>(base_ + header_size + slot * slot_size +
+                                                (kind == doorbell_zero ? 4 : 0));
+    }
+    int segment_id() const noexcept { return segment_id_; }
+
+private:
+    doorbell_table(std::byte* base, int segment_id) noexcept
+        : base_(base), segment_id_(segment_id) {}
+    friend struct doorbell_access;
+    std::byte* base_;
+    int segment_id_;
+};
+
+/// Rings doorbells `kinds` of set `set_id` (see doorbell_table). Without a table, nothing.
+void ring_doorbells(int set_id, unsigned kinds) noexcept;
+/// The word's current value (acquire).
+std::uint32_t doorbell_value(const std::uint32_t* word) noexcept;
+/// For a waiter about to sleep: marks `word` as slept on if it still holds `seen` (read before
+/// the failed attempt), and returns the value to sleep on (FUTEX_WAIT's expected value); nothing
+/// if the word changed since (try again now).
+std::optional<std::uint32_t> mark_sleeper(std::uint32_t* word, std::uint32_t seen) noexcept;
+
+/// Removes this user's doorbell table (the next process that needs one makes a new one); for
+/// tests and administrators. Processes that still have the old one attached keep ringing it, so
+/// only do this when no program of this user is running.
+void remove_doorbell_table(error_code& ec);
+
 /// The named steps of the library's multi-process protocols. A build configured with
 /// SYSV_CRASH_POINTS (the project's test presets; never a consumer's or a release build) can
 /// arm one of them in a process, which then kills itself (SIGKILL) when it gets there, so a

@@ -1,0 +1,507 @@
+// sysv.async: how a poll service waits on doorbell words without polling.
+//
+//  * uring_watcher: one io_uring per poll service (per execution context). Its FUTEX_WAITV
+//    requests (up to 128 words each) complete when a word changes; the ring signals an eventfd
+//    that the context watches like any descriptor, so no thread blocks and nothing polls.
+//    Requests are submitted from the service's passes (the context's threads: a request's
+//    completion is delivered through the submitting thread). No word to watch: every request is
+//    cancelled and the eventfd is not waited on, so run() returns as it would without us.
+//  * thread_watcher: one helper thread per process, blocked in futex_waitv on the words of every
+//    service (at most 127, plus its own control word), which posts to the services whose words
+//    changed.
+module;
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/error.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+
+#include <linux/futex.h>
+#include <linux/io_uring.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+module sysv.async;
+
+namespace sysv::detail {
+
+namespace {
+
+namespace asio = boost::asio;
+
+// Linux >= 6.7; the uapi headers of older distributions do not name them.
+constexpr std::uint8_t op_futex_waitv = 53;
+constexpr std::uint32_t futex2_size_u32 = 0x02;
+constexpr std::uint32_t futex2_private = 128;
+constexpr std::size_t max_words_per_request = 128;
+
+std::string errno_text(const char* what) {
+    return std::string(what) + ": " + std::strerror(errno);
+}
+
+/// The raw ring: mapped queues, submission of SQEs, reaping of CQEs. Not thread-safe.
+class ring {
+public:
+    ~ring() {
+        if (sqes_ != nullptr)
+            ::munmap(sqes_, sqes_size_);
+        if (cq_ptr_ != nullptr && cq_ptr_ != sq_ptr_)
+            ::munmap(cq_ptr_, cq_size_);
+        if (sq_ptr_ != nullptr)
+            ::munmap(sq_ptr_, sq_size_);
+        if (fd_ >= 0)
+            ::close(fd_);
+    }
+
+    bool setup(unsigned entries, std::string& why) {
+        io_uring_params p{};
+        fd_ = static_cast<int>(::syscall(__NR_io_uring_setup, entries, &p));
+        if (fd_ < 0) { // ENOSYS: no io_uring; EPERM: disabled (kernel.io_uring_disabled, seccomp)
+            why = errno_text("io_uring_setup");
+            return false;
+        }
+        ::fcntl(fd_, F_SETFD, FD_CLOEXEC);
+        sq_size_ = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+        cq_size_ = p.cq_off.cqes + p.cq_entries * sizeof(io_uring_cqe);
+        const bool single = (p.features & IORING_FEAT_SINGLE_MMAP) != 0;
+        if (single)
+            sq_size_ = cq_size_ = std::max(sq_size_, cq_size_);
+        sq_ptr_ = ::mmap(nullptr, sq_size_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd_,
+                         IORING_OFF_SQ_RING);
+        if (sq_ptr_ == MAP_FAILED) {
+            sq_ptr_ = nullptr;
+            why = errno_text("mmap of the io_uring submission queue");
+            return false;
+        }
+        cq_ptr_ = single ? sq_ptr_
+                         : ::mmap(nullptr, cq_size_, PROT_READ | PROT_WRITE,
+                                  MAP_SHARED | MAP_POPULATE, fd_, IORING_OFF_CQ_RING);
+        if (cq_ptr_ == MAP_FAILED) {
+            cq_ptr_ = nullptr;
+            why = errno_text("mmap of the io_uring completion queue");
+            return false;
+        }
+        sqes_size_ = p.sq_entries * sizeof(io_uring_sqe);
+        sqes_ = static_cast<io_uring_sqe*>(::mmap(nullptr, sqes_size_, PROT_READ | PROT_WRITE,
+                                                  MAP_SHARED | MAP_POPULATE, fd_, IORING_OFF_SQES));
+        if (sqes_ == MAP_FAILED) {
+            sqes_ = nullptr;
+            why = errno_text("mmap of the io_uring entries");
+            return false;
+        }
+        auto* sq = static_cast<char*>(sq_ptr_);
+        sq_head_ = reinterpret_cast<unsigned*>(sq + p.sq_off.head);
+        sq_tail_ = reinterpret_cast<unsigned*>(sq + p.sq_off.tail);
+        sq_mask_ = *reinterpret_cast<unsigned*>(sq + p.sq_off.ring_mask);
+        sq_array_ = reinterpret_cast<unsigned*>(sq + p.sq_off.array);
+        sq_entries_ = p.sq_entries;
+        auto* cq = static_cast<char*>(cq_ptr_);
+        cq_head_ = reinterpret_cast<unsigned*>(cq + p.cq_off.head);
+        cq_tail_ = reinterpret_cast<unsigned*>(cq + p.cq_off.tail);
+        cq_mask_ = *reinterpret_cast<unsigned*>(cq + p.cq_off.ring_mask);
+        cqes_ = reinterpret_cast<io_uring_cqe*>(cq + p.cq_off.cqes);
+        return true;
+    }
+
+    /// Whether the kernel knows FUTEX_WAITV and ASYNC_CANCEL.
+    bool supports_futex_waitv(std::string& why) {
+        constexpr unsigned ops = 256;
+        std::vector<unsigned char> buffer(sizeof(io_uring_probe) + ops * sizeof(io_uring_probe_op));
+        auto* probe = reinterpret_cast<io_uring_probe*>(buffer.data());
+        if (::syscall(__NR_io_uring_register, fd_, IORING_REGISTER_PROBE, probe, ops) < 0) {
+            why = errno_text("io_uring probe");
+            return false;
+        }
+        const auto supported = [&](unsigned op) {
+            return op <= probe->last_op && (probe->ops[op].flags & IO_URING_OP_SUPPORTED) != 0;
+        };
+        if (!supported(op_futex_waitv) || !supported(IORING_OP_ASYNC_CANCEL)) {
+            why = "this kernel's io_uring has no FUTEX_WAITV (Linux >= 6.7 has it)";
+            return false;
+        }
+        return true;
+    }
+
+    bool register_eventfd(int efd, std::string& why) {
+        if (::syscall(__NR_io_uring_register, fd_, IORING_REGISTER_EVENTFD, &efd, 1) < 0) {
+            why = errno_text("io_uring eventfd registration");
+            return false;
+        }
+        return true;
+    }
+
+    unsigned free_entries() const {
+        const unsigned head = __atomic_load_n(sq_head_, __ATOMIC_ACQUIRE);
+        return sq_entries_ - (local_tail_ - head);
+    }
+
+    /// A zeroed entry to fill, or null when the queue is full.
+    io_uring_sqe* next_entry() {
+        if (free_entries() == 0)
+            return nullptr;
+        const unsigned index = local_tail_ & sq_mask_;
+        io_uring_sqe* sqe = &sqes_[index];
+        std::memset(sqe, 0, sizeof *sqe);
+        sq_array_[index] = index;
+        ++local_tail_;
+        return sqe;
+    }
+
+    /// Publishes the filled entries and submits them.
+    bool submit(std::string& why) {
+        const unsigned pending = local_tail_ - __atomic_load_n(sq_tail_, __ATOMIC_RELAXED);
+        __atomic_store_n(sq_tail_, local_tail_, __ATOMIC_RELEASE);
+        if (pending == 0)
+            return true;
+        for (;;) {
+            const long r = ::syscall(__NR_io_uring_enter, fd_, pending, 0, 0, nullptr, 0);
+            if (r >= 0)
+                return true;
+            if (errno != EINTR) {
+                why = errno_text("io_uring_enter");
+                return false;
+            }
+        }
+    }
+
+    /// Calls f(cqe) for every completion posted, and consumes them.
+    template <class F>
+    void reap(F&& f) {
+        unsigned head = *cq_head_;
+        for (;;) {
+            const unsigned tail = __atomic_load_n(cq_tail_, __ATOMIC_ACQUIRE);
+            if (head == tail)
+                break;
+            for (; head != tail; ++head)
+                f(cqes_[head & cq_mask_]);
+            __atomic_store_n(cq_head_, head, __ATOMIC_RELEASE);
+        }
+    }
+
+private:
+    int fd_ = -1;
+    void* sq_ptr_ = nullptr;
+    void* cq_ptr_ = nullptr;
+    std::size_t sq_size_ = 0, cq_size_ = 0, sqes_size_ = 0;
+    io_uring_sqe* sqes_ = nullptr;
+    unsigned* sq_head_ = nullptr;
+    unsigned* sq_tail_ = nullptr;
+    unsigned* sq_array_ = nullptr;
+    unsigned sq_mask_ = 0, sq_entries_ = 0, local_tail_ = 0;
+    unsigned* cq_head_ = nullptr;
+    unsigned* cq_tail_ = nullptr;
+    unsigned cq_mask_ = 0;
+    io_uring_cqe* cqes_ = nullptr;
+};
+
+constexpr std::uint64_t cancel_tag = ~std::uint64_t(0);
+
+} // namespace
+
+// ---------------------------------------------------------------------------------------------
+// io_uring
+// ---------------------------------------------------------------------------------------------
+
+class uring_watcher final : public doorbell_watcher {
+public:
+    explicit uring_watcher(poll_service& service) : state_(std::make_shared<state>()) {
+        state_->service = &service;
+    }
+    ~uring_watcher() override {
+        std::lock_guard lock(state_->mutex);
+        state_->service = nullptr; // a completion still queued finds nobody to tell
+        if (state_->descriptor) {
+            boost::system::error_code ignored;
+            state_->descriptor->cancel(ignored);
+        }
+    }
+
+    bool open(std::string& why) {
+        auto& st = *state_;
+        if (!st.queue.setup(64, why) || !st.queue.supports_futex_waitv(why))
+            return false;
+        st.event_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (st.event_fd < 0) {
+            why = errno_text("eventfd");
+            return false;
+        }
+        if (!st.queue.register_eventfd(st.event_fd, why)) {
+            ::close(st.event_fd);
+            st.event_fd = -1;
+            return false;
+        }
+        st.owner_pid = ::getpid();
+        return true;
+    }
+
+    void watch(const std::vector<watched_word>& words) override {
+        auto& st = *state_;
+        std::lock_guard lock(st.mutex);
+        if (st.owner_pid != ::getpid())
+            return; // a forked child: the ring's queues are the parent's (notify_fork replaces us)
+        if (words == st.words && st.armed > 0)
+            return; // already waiting on exactly these
+        std::string why;
+        // Cancel what is armed: its completions carry an old generation and are ignored.
+        if (st.armed > 0) {
+            if (io_uring_sqe* sqe = st.queue.next_entry()) {
+                sqe->opcode = IORING_OP_ASYNC_CANCEL;
+                sqe->fd = -1;
+                sqe->cancel_flags = IORING_ASYNC_CANCEL_ANY;
+                sqe->user_data = cancel_tag;
+            }
+            st.armed = 0;
+        }
+        ++st.generation;
+        st.words = words;
+        st.vectors.clear();
+        for (std::size_t i = 0; i < words.size(); i += max_words_per_request) {
+            const std::size_t n = std::min(max_words_per_request, words.size() - i);
+            std::vector<futex_waitv> v(n);
+            for (std::size_t j = 0; j < n; ++j) {
+                v[j].val = words[i + j].expected;
+                v[j].uaddr = reinterpret_cast<std::uintptr_t>(words[i + j].word);
+                v[j].flags = futex2_size_u32; // shared: the words are in a System V segment
+            }
+            st.vectors.push_back(std::move(v));
+        }
+        for (auto& v : st.vectors) {
+            io_uring_sqe* sqe = st.queue.next_entry();
+            if (sqe == nullptr)
+                break; // the rest rely on the backstop polls until the next watch()
+            sqe->opcode = op_futex_waitv;
+            sqe->addr = reinterpret_cast<std::uintptr_t>(v.data());
+            sqe->len = static_cast<std::uint32_t>(v.size());
+            sqe->user_data = st.generation;
+            ++st.armed;
+        }
+        if (!st.queue.submit(why))
+            st.armed = 0;
+        if (st.armed > 0)
+            wait_for_completions(state_);
+        else if (st.descriptor && st.waiting) {
+            // Nothing to hear: no pending wait on the eventfd either, or run() would not return.
+            boost::system::error_code ignored;
+            st.descriptor->cancel(ignored);
+        }
+    }
+
+private:
+    struct state {
+        std::mutex mutex;
+        poll_service* service = nullptr;
+        ring queue;
+        int event_fd = -1;
+        pid_t owner_pid = 0;
+        std::optional<asio::posix::stream_descriptor> descriptor;
+        bool waiting = false;
+        std::uint64_t generation = 0;
+        unsigned armed = 0; ///< requests of the current generation in flight
+        std::vector<watched_word> words;
+        std::vector<std::vector<futex_waitv>> vectors; ///< kept until the requests end
+        ~state() {
+            if (!descriptor && event_fd >= 0)
+                ::close(event_fd);
+        }
+    };
+
+    /// Waits (once) for the eventfd; called with the state's mutex held.
+    static void wait_for_completions(const std::shared_ptr<state>& st) {
+        if (st->waiting || st->service == nullptr)
+            return;
+        if (!st->descriptor) {
+            if (!st->service->executor_)
+                return;
+            // The service's untracked executor: a pending wait for the eventfd is the
+            // service's business, and each pending semaphore wait tracks its own work.
+            st->descriptor.emplace(*st->service->executor_, st->event_fd);
+        }
+        st->waiting = true;
+        st->descriptor->async_wait(
+            asio::posix::stream_descriptor::wait_read,
+            [st](const boost::system::error_code& ec) { completed(st, ec); });
+    }
+
+    static void completed(const std::shared_ptr<state>& st, const boost::system::error_code& ec) {
+        poll_service* service = nullptr;
+        {
+            std::lock_guard lock(st->mutex);
+            st->waiting = false;
+            if (st->service == nullptr || ec == asio::error::operation_aborted)
+                return;
+            std::uint64_t count = 0;
+            while (::read(st->event_fd, &count, sizeof count) > 0) {
+            }
+            // Wait again before reaping (the eventfd is edge-triggered in the reactor): a
+            // completion posted while reaping signals the new wait.
+            if (st->armed > 0)
+                wait_for_completions(st);
+            bool rung = false;
+            st->queue.reap([&](const io_uring_cqe& cqe) {
+                if (cqe.user_data != st->generation)
+                    return; // a cancelled generation, or a cancel request's own completion
+                if (st->armed > 0)
+                    --st->armed;
+                if (cqe.res != -ECANCELED)
+                    rung = true; // woken (a word changed), or -EAGAIN: changed before armed
+            });
+            if (rung)
+                service = st->service;
+            else if (st->armed > 0 && !st->waiting)
+                wait_for_completions(st);
+        }
+        if (service != nullptr)
+            service->on_doorbell(); // polls the waits whose words changed, and watches again
+    }
+
+    std::shared_ptr<state> state_;
+};
+
+std::unique_ptr<doorbell_watcher> make_uring_watcher(poll_service& service, std::string& why) {
+    auto watcher = std::make_unique<uring_watcher>(service);
+    if (!watcher->open(why))
+        return nullptr;
+    return watcher;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helper thread
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+/// The process's helper thread and what it watches for each service.
+class thread_hub {
+public:
+    static thread_hub& instance() {
+        static thread_hub* hub = new thread_hub; // never destroyed: the thread outlives main()
+        return *hub;
+    }
+
+    /// Whether futex_waitv exists here (Linux >= 5.16).
+    static bool available(std::string& why) {
+        if (::syscall(__NR_futex_waitv, nullptr, 0, 0, nullptr, CLOCK_MONOTONIC) == -1 &&
+            errno == ENOSYS) {
+            why = "futex_waitv is not available (Linux >= 5.16 has it)";
+            return false;
+        }
+        return true;
+    }
+
+    void set(poll_service* service, asio::any_io_executor ex, std::vector<watched_word> words) {
+        std::lock_guard lock(mutex_);
+        start_locked();
+        auto& e = services_[service];
+        e.executor = std::move(ex);
+        e.words = std::move(words);
+        changed_locked();
+    }
+
+    void remove(poll_service* service) {
+        std::lock_guard lock(mutex_);
+        if (services_.erase(service) > 0)
+            changed_locked();
+    }
+
+private:
+    struct entry {
+        asio::any_io_executor executor;
+        std::vector<watched_word> words;
+    };
+
+    void start_locked() {
+        if (thread_pid_ == ::getpid())
+            return;
+        // First use, or a forked child (threads do not survive fork): a thread of our own.
+        services_.clear();
+        thread_pid_ = ::getpid();
+        std::thread([this] { run(); }).detach();
+    }
+
+    void changed_locked() {
+        __atomic_add_fetch(&control_, 1, __ATOMIC_SEQ_CST);
+        ::syscall(SYS_futex, &control_, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+    }
+
+    [[noreturn]] void run() {
+        std::vector<futex_waitv> waitv;
+        for (;;) {
+            {
+                std::lock_guard lock(mutex_);
+                waitv.clear();
+                waitv.push_back({__atomic_load_n(&control_, __ATOMIC_SEQ_CST),
+                                 reinterpret_cast<std::uintptr_t>(&control_),
+                                 futex2_size_u32 | futex2_private, 0});
+                for (const auto& [service, e] : services_)
+                    for (const auto& w : e.words) {
+                        if (waitv.size() == FUTEX_WAITV_MAX)
+                            break; // the rest rely on the backstop polls
+                        waitv.push_back({w.expected, reinterpret_cast<std::uintptr_t>(w.word),
+                                         futex2_size_u32, 0});
+                    }
+            }
+            ::syscall(__NR_futex_waitv, waitv.data(), static_cast<unsigned>(waitv.size()), 0,
+                      nullptr, CLOCK_MONOTONIC);
+            // Woken, or a value already differed: tell every service whose words changed.
+            std::lock_guard lock(mutex_);
+            for (auto& [service, e] : services_) {
+                const bool rung = std::any_of(e.words.begin(), e.words.end(), [](const auto& w) {
+                    return __atomic_load_n(w.word, __ATOMIC_ACQUIRE) != w.expected;
+                });
+                if (rung) {
+                    e.words.clear(); // until the service watches again, after its pass
+                    asio::post(e.executor, [s = service] { s->on_doorbell(); });
+                }
+            }
+        }
+    }
+
+    std::mutex mutex_;
+    std::map<poll_service*, entry> services_;
+    std::uint32_t control_ = 0;
+    pid_t thread_pid_ = 0;
+};
+
+} // namespace
+
+class thread_watcher final : public doorbell_watcher {
+public:
+    explicit thread_watcher(poll_service& service) : service_(service) {}
+    ~thread_watcher() override { thread_hub::instance().remove(&service_); }
+
+    void watch(const std::vector<watched_word>& words) override {
+        if (!service_.executor_)
+            return;
+        thread_hub::instance().set(&service_, *service_.executor_, words);
+    }
+
+private:
+    poll_service& service_;
+};
+
+std::unique_ptr<doorbell_watcher> make_thread_watcher(poll_service& service, std::string& why) {
+    if (!thread_hub::available(why))
+        return nullptr;
+    return std::make_unique<thread_watcher>(service);
+}
+
+} // namespace sysv::detail

@@ -1,0 +1,199 @@
+// sysv.core: the per-user doorbell table (see doorbell_table in sysv.core.cppm).
+module;
+
+#include <sys/ipc.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+
+#include <linux/futex.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <unistd.h>
+
+#include <boost/system/error_code.hpp>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+
+module sysv.core;
+
+namespace sysv::detail {
+
+unsigned doorbells_rung_by(std::span<const sembuf> ops) noexcept {
+    unsigned kinds = 0;
+    for (const sembuf& o : ops)
+        kinds |= o.sem_op > 0 ? doorbell_up : o.sem_op < 0 ? doorbell_zero : 0u;
+    return kinds;
+}
+
+unsigned doorbells_heard_by(std::span<const sembuf> ops) noexcept {
+    unsigned kinds = 0;
+    for (const sembuf& o : ops)
+        kinds |= o.sem_op < 0 ? doorbell_up : o.sem_op == 0 ? doorbell_zero : 0u;
+    return kinds;
+}
+
+struct doorbell_access {
+    static doorbell_table make(std::byte* base, int id) noexcept { return {base, id}; }
+};
+
+namespace {
+
+struct table_state {
+    std::once_flag once;
+    std::optional<doorbell_table> table;
+    std::string reason;
+};
+
+table_state& state() {
+    static table_state s;
+    return s;
+}
+
+std::optional<key_t> configured_key(std::string& reason) {
+    const char* env = std::getenv("SYSV_DOORBELL_KEY");
+    if (env == nullptr || *env == '\0')
+        return static_cast<key_t>(0x5d000000u | (static_cast<unsigned>(::geteuid()) & 0xffffffu));
+    if (std::strcmp(env, "off") == 0) {
+        reason = "doorbells are off (SYSV_DOORBELL_KEY=off)";
+        return std::nullopt;
+    }
+    char* end = nullptr;
+    const unsigned long value = std::strtoul(env, &end, 0);
+    if (end == env || *end != '\0' || value == 0 || value > 0xffffffffUL) {
+        reason = std::string("SYSV_DOORBELL_KEY='") + env + "' is not a key (a number, or off)";
+        return std::nullopt;
+    }
+    return static_cast<key_t>(static_cast<std::uint32_t>(value));
+}
+
+void attach(table_state& s) {
+    std::string why;
+    const auto k = configured_key(why);
+    if (!k) {
+        s.reason = why;
+        return;
+    }
+    const std::string where = "the doorbell table at key " + to_string(key(*k));
+    // Created zero-filled by whoever comes first: an all-zero table is a valid empty one, so
+    // there is no initialisation to race on (only the magic is claimed, by compare-and-swap).
+    const int id = ::shmget(*k, doorbell_table::size, IPC_CREAT | 0600);
+    if (id == -1) {
+        s.reason = where + " cannot be opened or created: " + std::strerror(errno) +
+                   (errno == EINVAL ? " (an object of another size is at the key)" : "");
+        return;
+    }
+    shmid_ds ds{};
+    if (::shmctl(id, IPC_STAT, &ds) == -1) {
+        s.reason = where + ": IPC_STAT failed: " + std::strerror(errno);
+        return;
+    }
+    if (ds.shm_perm.uid != ::geteuid() || (ds.shm_perm.mode & 0777) != 0600 ||
+        ds.shm_segsz < doorbell_table::size) {
+        s.reason = where + " belongs to uid " + std::to_string(ds.shm_perm.uid) + " with mode " +
+                   mode_string(ds.shm_perm.mode & 0777) + " and " + std::to_string(ds.shm_segsz) +
+                   " bytes: not this user's table";
+        return;
+    }
+    void* address = ::shmat(id, nullptr, 0);
+    if (address == reinterpret_cast<void*>(-1)) {
+        s.reason = where + " cannot be attached: " + std::strerror(errno);
+        return;
+    }
+    auto* magic = reinterpret_cast<std::uint64_t*>(address);
+    std::uint64_t expected = 0;
+    if (!__atomic_compare_exchange_n(magic, &expected, doorbell_table::magic, false,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) &&
+        expected != doorbell_table::magic) {
+        ::shmdt(address);
+        s.reason = where + " holds something else (not the doorbell magic)";
+        return;
+    }
+    s.table.emplace(doorbell_access::make(static_cast<std::byte*>(address), id));
+}
+
+} // namespace
+
+doorbell_table* doorbell_table::get() noexcept {
+    auto& s = state();
+    try {
+        std::call_once(s.once, [&] { attach(s); });
+    } catch (...) {
+        return nullptr;
+    }
+    return s.table ? &*s.table : nullptr;
+}
+
+std::string doorbell_table::unavailable_reason() {
+    get();
+    return state().reason;
+}
+
+std::optional<key> doorbell_table::table_key() noexcept {
+    std::string ignored;
+    const auto k = configured_key(ignored);
+    if (!k)
+        return std::nullopt;
+    return key(*k);
+}
+
+void ring_doorbells(int set_id, unsigned kinds) noexcept {
+    doorbell_table* table = doorbell_table::get();
+    if (table == nullptr || kinds == 0)
+        return;
+    for (const auto kind : {doorbell_up, doorbell_zero}) {
+        if ((kinds & kind) == 0)
+            continue;
+        std::uint32_t* word = table->word(set_id, kind);
+        std::uint32_t old = __atomic_load_n(word, __ATOMIC_RELAXED);
+        // One read-modify-write: count the change, clear the sleeper bit.
+        while (!__atomic_compare_exchange_n(word, &old, (old + 2) & ~1u, true, __ATOMIC_SEQ_CST,
+                                            __ATOMIC_RELAXED)) {
+        }
+        if (old & 1u) // someone sleeps on it: shared futex (never FUTEX_PRIVATE_FLAG)
+            ::syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+    }
+}
+
+std::uint32_t doorbell_value(const std::uint32_t* word) noexcept {
+    return __atomic_load_n(word, __ATOMIC_ACQUIRE);
+}
+
+std::optional<std::uint32_t> mark_sleeper(std::uint32_t* word, std::uint32_t seen) noexcept {
+    if (seen & 1u) // already marked by another sleeper: unchanged since it was read?
+        return doorbell_value(word) == seen ? std::optional<std::uint32_t>(seen) : std::nullopt;
+    std::uint32_t expected = seen;
+    if (__atomic_compare_exchange_n(word, &expected, seen | 1u, false, __ATOMIC_SEQ_CST,
+                                    __ATOMIC_RELAXED))
+        return seen | 1u;
+    if (expected == (seen | 1u)) // another sleeper marked it; no change was counted
+        return expected;
+    return std::nullopt;
+}
+
+void remove_doorbell_table(error_code& ec) {
+    ec.clear();
+    const auto k = doorbell_table::table_key();
+    if (!k)
+        return;
+    const int id = ::shmget(k->value(), 0, 0);
+    if (id == -1) {
+        if (errno != ENOENT)
+            ec = last_error();
+        return;
+    }
+    if (::shmctl(id, IPC_RMID, nullptr) == -1)
+        ec = id_error(errno);
+}
+
+} // namespace sysv::detail

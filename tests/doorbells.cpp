@@ -1,0 +1,379 @@
+// Doorbells: waits woken by the release itself instead of by a poll, in each wake mode (forced
+// with SYSV_WAIT_MODE in forked children), with real processes. A wait whose backoff polls
+// "never" again (the backstop is an hour away) can only complete through a doorbell, so each test
+// that such a wait completes asserts that the doorbell rang and was heard; releasers that do not
+// ring (Python's sysv_ipc, `ipcrm`) are caught by the backstop polls instead.
+#include "harness.hpp"
+
+#include <boost/asio/experimental/awaitable_operators.hpp>
+
+#include <cstdlib>
+#include <string>
+
+import sysv.async;
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+using boost::system::error_code;
+
+namespace {
+
+/// One poll 20 us after the start, then none for an hour: only a doorbell wakes the wait.
+sysv::backoff doorbell_only() {
+    sysv::backoff b;
+    b.immediate_yields = 0;
+    b.first_sleep = 20us;
+    b.growth = 1e9; // 20 us, then an hour
+    b.doorbell_max_sleep = std::chrono::hours(1);
+    return b;
+}
+
+/// The mode a fresh process chooses when nothing is forced.
+sysv::wake_mode best_mode() {
+    static const sysv::wake_mode mode = [] {
+        asio::io_context io;
+        return sysv::wake_mode_of(io);
+    }();
+    return mode;
+}
+
+/// Runs `body` in a child whose waits use wake mode `mode` (SYSV_WAIT_MODE); fails the test
+/// case if the child does not end with 0 within `limit` (a wait that was never woken).
+void in_mode(const char* mode, const std::function<int()>& body, std::chrono::seconds limit = 60s) {
+    sysv_test::child c([&] {
+        ::setenv("SYSV_WAIT_MODE", mode, 1);
+        return body();
+    });
+    BOOST_TEST(c.wait_for(limit).exited_with(0), "in mode " << mode);
+}
+
+/// The modes with doorbells that this machine has.
+std::vector<const char*> doorbell_modes() {
+    std::vector<const char*> modes;
+    if (best_mode() == sysv::wake_mode::io_uring)
+        modes.push_back("io_uring");
+    if (best_mode() != sysv::wake_mode::polling)
+        modes.push_back("thread");
+    return modes;
+}
+
+int run_until_done(asio::io_context& io, std::chrono::seconds limit = 30s) {
+    io.run_for(limit);
+    return io.stopped() ? 0 : 96; // 96: work was left (a wait never woken, or something armed)
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(doorbells)
+
+BOOST_AUTO_TEST_CASE(each_mode_is_used_when_forced_and_says_why) {
+    BOOST_TEST_MESSAGE("best wake mode here: " << sysv::to_string(best_mode()));
+    BOOST_TEST((best_mode() != sysv::wake_mode::polling)); // doorbells work on this machine kind
+    for (auto [name, expected] : {std::pair{"io_uring", sysv::wake_mode::io_uring},
+                                  std::pair{"thread", sysv::wake_mode::helper_thread},
+                                  std::pair{"polling", sysv::wake_mode::polling}}) {
+        if (expected == sysv::wake_mode::io_uring && best_mode() != expected)
+            continue; // not on this machine: the fallback is tested by the others
+        in_mode(name, [expected = expected] {
+            asio::io_context io;
+            SYSV_CHILD_CHECK(sysv::wake_mode_of(io) == expected);
+            const auto reason = sysv::wake_mode_reason(io);
+            SYSV_CHILD_CHECK((expected == sysv::wake_mode::io_uring) == reason.empty());
+            return 0;
+        });
+    }
+}
+
+BOOST_AUTO_TEST_CASE(a_release_in_another_process_wakes_a_wait_that_no_longer_polls) {
+    for (const char* mode : doorbell_modes()) {
+        sysv_test::ipc_guard guard;
+        auto raw = sysv::semaphore_set::create(sysv::key::private_key(), {0, 0});
+        guard.semaphores(raw);
+        const int id = raw.id();
+        in_mode(mode, [id] {
+            asio::io_context io;
+            sysv::async_semaphore_set set(io, sysv::semaphore_set::open_id(id), doorbell_only());
+            // Released by the blocking API in one child, by the async API in another.
+            sysv_test::child sync_releaser([id] {
+                std::this_thread::sleep_for(200ms);
+                sysv::semaphore_set::open_id(id).apply(sysv::op::release(0));
+                return 0;
+            });
+            sysv_test::child async_releaser([id] {
+                std::this_thread::sleep_for(300ms);
+                asio::io_context other;
+                sysv::async_semaphore_set theirs(other, sysv::semaphore_set::open_id(id));
+                theirs.try_apply(sysv::op::release(1));
+                return 0;
+            });
+            int woken = 0;
+            set.async_acquire(0, [&](error_code ec) { woken += !ec; });
+            set.async_acquire(1, [&](error_code ec) { woken += !ec; });
+            const int rc = run_until_done(io);
+            SYSV_CHILD_CHECK(sync_releaser.wait().exited_with(0));
+            SYSV_CHILD_CHECK(async_releaser.wait().exited_with(0));
+            SYSV_CHILD_CHECK(woken == 2);
+            return rc;
+        });
+    }
+}
+
+BOOST_AUTO_TEST_CASE(a_wait_for_zero_is_rung_by_an_acquire_and_setval_rings_everyone) {
+    for (const char* mode : doorbell_modes()) {
+        sysv_test::ipc_guard guard;
+        auto raw = sysv::semaphore_set::create(sysv::key::private_key(), {1, 0});
+        guard.semaphores(raw);
+        const int id = raw.id();
+        in_mode(mode, [id] {
+            asio::io_context io;
+            sysv::async_semaphore_set set(io, sysv::semaphore_set::open_id(id), doorbell_only());
+            sysv_test::child other([id] {
+                std::this_thread::sleep_for(200ms);
+                auto s = sysv::semaphore_set::open_id(id);
+                s.apply(sysv::op::acquire(0)); // 1 -> 0: rings "zero"
+                std::this_thread::sleep_for(100ms);
+                s.set_value(1, 5); // SETVAL: rings both
+                return 0;
+            });
+            int done = 0;
+            set.async_wait_zero(0, [&](error_code ec) { done += !ec; });
+            set.async_acquire(1, 5, [&](error_code ec) { done += !ec; });
+            const int rc = run_until_done(io);
+            SYSV_CHILD_CHECK(other.wait().exited_with(0));
+            SYSV_CHILD_CHECK(done == 2);
+            return rc;
+        });
+    }
+}
+
+BOOST_AUTO_TEST_CASE(releasers_that_do_not_ring_are_seen_by_the_backstop) {
+    for (const char* mode : doorbell_modes()) {
+        sysv_test::ipc_guard guard;
+        const key_t k = guard.temp_key();
+        auto raw = sysv::semaphore_set::create(sysv::key(k), {0});
+        guard.semaphores(raw);
+        const int id = raw.id();
+        in_mode(mode, [k, id] {
+            asio::io_context io;
+            // The backstop of library_releasers(): a release by another program within 1 s.
+            sysv::async_semaphore_set set(io, sysv::semaphore_set::open_id(id),
+                                          sysv::backoff::library_releasers());
+            sysv_test::child python([k] {
+                const std::string command =
+                    "/usr/bin/python3 -c 'import sysv_ipc, time\ntime.sleep(0.2)\n"
+                    "sysv_ipc.Semaphore(" +
+                    std::to_string(k) + ").release()'";
+                return std::system(command.c_str()) == 0 ? 0 : 1;
+            });
+            bool acquired = false;
+            set.async_acquire(0, [&](error_code ec) { acquired = !ec; });
+            const int rc = run_until_done(io);
+            SYSV_CHILD_CHECK(python.wait().exited_with(0));
+            SYSV_CHILD_CHECK(acquired);
+            // ipcrm does not ring either: the waits learn of the removal from the backstop.
+            sysv_test::child remover([id] {
+                std::this_thread::sleep_for(200ms);
+                return std::system(("ipcrm -s " + std::to_string(id)).c_str()) == 0 ? 0 : 1;
+            });
+            error_code result;
+            set.async_acquire(0, [&](error_code ec) { result = ec; });
+            io.restart();
+            const int rc2 = run_until_done(io);
+            SYSV_CHILD_CHECK(remover.wait().exited_with(0));
+            SYSV_CHILD_CHECK(result == sysv::errc::removed);
+            return rc + rc2;
+        });
+    }
+}
+
+BOOST_AUTO_TEST_CASE(a_removal_through_the_library_wakes_waiters_at_once) {
+    for (const char* mode : doorbell_modes()) {
+        sysv_test::ipc_guard guard;
+        auto raw = sysv::semaphore_set::create(sysv::key::private_key(), {0});
+        guard.semaphores(raw);
+        const int id = raw.id();
+        in_mode(mode, [id] {
+            asio::io_context io;
+            sysv::async_semaphore_set set(io, sysv::semaphore_set::open_id(id), doorbell_only());
+            sysv_test::child remover([id] {
+                std::this_thread::sleep_for(200ms);
+                sysv::semaphore_set::open_id(id).remove();
+                return 0;
+            });
+            error_code result;
+            set.async_acquire(0, [&](error_code ec) { result = ec; });
+            const int rc = run_until_done(io);
+            SYSV_CHILD_CHECK(remover.wait().exited_with(0));
+            SYSV_CHILD_CHECK(result == sysv::errc::removed);
+            return rc;
+        });
+    }
+}
+
+BOOST_AUTO_TEST_CASE(no_wake_is_lost_when_releases_race_the_sleepers) {
+    // Two processes hand a turn back and forth; each waits with no yield phase and no polls, so
+    // a release that lands between a waiter's read of the word and its sleep would hang it.
+    constexpr int rounds = 2000;
+    for (const char* mode : doorbell_modes()) {
+        sysv_test::ipc_guard guard;
+        auto raw = sysv::semaphore_set::create(sysv::key::private_key(), {0, 0});
+        guard.semaphores(raw);
+        const int id = raw.id();
+        auto player = [id](std::size_t mine, std::size_t theirs, bool first) {
+            return [=] {
+                asio::io_context io;
+                sysv::async_semaphore_set set(io, sysv::semaphore_set::open_id(id),
+                                              doorbell_only());
+                int played = 0;
+                asio::co_spawn(
+                    io,
+                    [&]() -> asio::awaitable<void> {
+                        for (int i = 0; i < rounds; ++i) {
+                            if (!first || i > 0)
+                                co_await set.async_acquire(mine, asio::use_awaitable);
+                            set.try_apply(sysv::op::release(theirs));
+                            ++played;
+                        }
+                    },
+                    [](std::exception_ptr e) {
+                        if (e)
+                            std::rethrow_exception(e);
+                    });
+                const int rc = run_until_done(io, 120s);
+                SYSV_CHILD_CHECK(played == rounds);
+                return rc;
+            };
+        };
+        sysv_test::child pong([&] {
+            ::setenv("SYSV_WAIT_MODE", mode, 1);
+            return player(1, 0, false)();
+        });
+        in_mode(mode, player(0, 1, true), 180s);
+        BOOST_TEST(pong.wait_for(60s).exited_with(0), "mode " << mode);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(cancellation_and_deadlines_of_sleeping_waits_leave_nothing_armed) {
+    for (const char* mode : doorbell_modes()) {
+        sysv_test::ipc_guard guard;
+        auto raw = sysv::semaphore_set::create(sysv::key::private_key(), {0});
+        guard.semaphores(raw);
+        const int id = raw.id();
+        in_mode(mode, [id] {
+            asio::io_context io;
+            sysv::async_semaphore_set set(io, sysv::semaphore_set::open_id(id), doorbell_only());
+            for (auto type : {asio::cancellation_type::terminal, asio::cancellation_type::partial,
+                              asio::cancellation_type::total}) {
+                asio::cancellation_signal signal;
+                error_code result;
+                set.async_acquire(0, asio::bind_cancellation_slot(
+                                         signal.slot(), [&](error_code ec) { result = ec; }));
+                asio::steady_timer later(io, 100ms); // asleep on its doorbell by then
+                later.async_wait([&](error_code) { signal.emit(type); });
+                io.restart();
+                // run() returns: the wait ended, and nothing (no futex wait, no eventfd wait)
+                // is left to keep it running.
+                SYSV_CHILD_CHECK(run_until_done(io) == 0);
+                SYSV_CHILD_CHECK(result == asio::error::operation_aborted);
+            }
+            error_code result;
+            set.async_apply_for(sysv::op::acquire(0), 100ms, [&](error_code ec) { result = ec; });
+            io.restart();
+            SYSV_CHILD_CHECK(run_until_done(io) == 0);
+            SYSV_CHILD_CHECK(result == asio::error::timed_out);
+            // And the doorbell still works for the next wait.
+            sysv_test::child releaser([id] {
+                std::this_thread::sleep_for(100ms);
+                sysv::semaphore_set::open_id(id).apply(sysv::op::release(0));
+                return 0;
+            });
+            set.async_acquire(0, [&](error_code ec) { result = ec; });
+            io.restart();
+            SYSV_CHILD_CHECK(run_until_done(io) == 0);
+            SYSV_CHILD_CHECK(!result);
+            SYSV_CHILD_CHECK(releaser.wait().exited_with(0));
+            return 0;
+        });
+    }
+}
+
+BOOST_AUTO_TEST_CASE(ten_thousand_waits_on_a_thousand_sets_are_all_woken) {
+    constexpr int sets = 1000, per_set = 10;
+    for (const char* mode : doorbell_modes()) {
+        sysv_test::ipc_guard guard;
+        std::vector<int> ids;
+        for (int i = 0; i < sets; ++i) {
+            auto s = sysv::semaphore_set::create(sysv::key::private_key(), {0});
+            guard.semaphores(s);
+            ids.push_back(s.id());
+        }
+        in_mode(mode, [&] {
+            asio::io_context io;
+            // The helper thread watches at most 127 words; the others rely on the default
+            // backstop (3 ms). io_uring watches them all.
+            std::vector<std::unique_ptr<sysv::async_semaphore_set>> objects;
+            int woken = 0;
+            for (int id : ids) {
+                objects.push_back(std::make_unique<sysv::async_semaphore_set>(
+                    io, sysv::semaphore_set::open_id(id)));
+                for (int j = 0; j < per_set; ++j)
+                    objects.back()->async_acquire(0, [&](error_code ec) { woken += !ec; });
+            }
+            sysv_test::child releaser([&] {
+                std::this_thread::sleep_for(200ms);
+                for (int id : ids)
+                    sysv::semaphore_set::open_id(id).apply(sysv::op::release(0, per_set));
+                return 0;
+            });
+            const int rc = run_until_done(io, 120s);
+            SYSV_CHILD_CHECK(releaser.wait().exited_with(0));
+            SYSV_CHILD_CHECK(woken == sets * per_set);
+            return rc;
+        });
+    }
+}
+
+BOOST_AUTO_TEST_CASE(a_forked_child_gets_its_own_ring_and_the_parent_keeps_its_own) {
+    if (best_mode() != sysv::wake_mode::io_uring)
+        return; // only io_uring has a ring per context
+    sysv_test::ipc_guard guard;
+    auto raw = sysv::semaphore_set::create(sysv::key::private_key(), {0, 0});
+    guard.semaphores(raw);
+    const int id = raw.id();
+    in_mode("io_uring", [id] {
+        asio::io_context io;
+        sysv::async_semaphore_set set(io, sysv::semaphore_set::open_id(id), doorbell_only());
+        bool parent_woken = false;
+        set.async_acquire(0, [&](error_code ec) { parent_woken = !ec; });
+        io.run_for(100ms); // asleep on its doorbell: the ring exists and has a request armed
+        SYSV_CHILD_CHECK(sysv::wake_mode_of(io) == sysv::wake_mode::io_uring);
+        sysv_test::child forked([&] {
+            // The inherited context, told of the fork, and a fresh one: both wait through rings
+            // of this process, not the parent's.
+            io.notify_fork(asio::execution_context::fork_child);
+            asio::io_context fresh;
+            sysv::async_semaphore_set mine(fresh, sysv::semaphore_set::open_id(id),
+                                           doorbell_only());
+            bool woken = false;
+            mine.async_acquire(1, [&](error_code ec) { woken = !ec; });
+            SYSV_CHILD_CHECK(sysv::wake_mode_of(fresh) == sysv::wake_mode::io_uring);
+            sysv_test::child releaser([id] {
+                std::this_thread::sleep_for(100ms);
+                sysv::semaphore_set::open_id(id).apply(sysv::op::release(1));
+                return 0;
+            });
+            const int rc = run_until_done(fresh);
+            SYSV_CHILD_CHECK(releaser.wait().exited_with(0));
+            SYSV_CHILD_CHECK(woken);
+            // Then wake the parent, whose ring the child never touched.
+            sysv::semaphore_set::open_id(id).apply(sysv::op::release(0));
+            return rc;
+        });
+        SYSV_CHILD_CHECK(forked.wait_for(60s).exited_with(0));
+        SYSV_CHILD_CHECK(run_until_done(io) == 0);
+        SYSV_CHILD_CHECK(parent_woken);
+        return 0;
+    });
+}
+
+BOOST_AUTO_TEST_SUITE_END()
