@@ -61,6 +61,10 @@ struct program_case {
 
 const std::vector<program_case>& programs() {
     static const std::vector<program_case> all{
+        {"examples/chat",
+         {"--room", "--name", "--no-color"},
+         "--room",
+         {"--room 'a b'", "--room ''", "--name ''", "--name " + std::string(48, 'n'), "stray"}},
         {"examples/chat_demo", {"--chat"}, "--chat", {"--chat /nonexistent/chat", "stray"}},
         {"examples/ping_pong",
          {"--rounds"},
