@@ -630,8 +630,16 @@ int main(int argc, char** argv) {
         chat_session session(io, std::move(s));
         int status = 1;
         asio::co_spawn(io, session.run(), [&](std::exception_ptr e, int result) {
-            status = e ? 1 : result; // run() reports its failures itself and does not throw
-            io.stop();
+            status = result; // run() reports its failures itself...
+            if (e) {         // ...unless reporting failed too
+                status = 1;
+                try {
+                    std::rethrow_exception(e);
+                } catch (const std::exception& failure) {
+                    std::fprintf(stderr, "chat: %s\n", failure.what());
+                }
+            }
+            io.stop(); // nothing of the session may keep the program alive after it ended
         });
         io.run();
         return status;
