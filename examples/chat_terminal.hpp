@@ -85,7 +85,6 @@ public:
         ::el_set(editor_, EL_GETCFN, &line_editor::read_char);
         // What users of readline expect, as libedit's own readline emulation binds them.
         ::el_set(editor_, EL_BIND, "^W", "ed-delete-prev-word", nullptr);
-        ::el_set(editor_, EL_BIND, "^R", "em-inc-search-prev", nullptr);
         ::el_set(editor_, EL_BIND, "\\e[1~", "ed-move-to-beg", nullptr);
         ::el_set(editor_, EL_BIND, "\\e[4~", "ed-move-to-end", nullptr);
         ::el_set(editor_, EL_BIND, "\\e[H", "ed-move-to-beg", nullptr);
@@ -220,24 +219,31 @@ private:
         return static_cast<line_editor*>(self)->prompt_.data();
     }
 
-    /// libedit's character reader, except that it never waits more than 100 ms for the rest of
-    /// a key sequence or of a UTF-8 character (a lone ESC, a sequence split by a slow link):
-    /// then it reports "no input", libedit drops the unfinished key, and the event loop goes
-    /// on. Invalid bytes are dropped, as libedit's own reader does. The first byte of a key is
-    /// always there: process_key() is only called when standard input is readable.
-    static int read_char(EditLine*, wchar_t* out) {
+    /// libedit's character reader, made to suit the event loop. The first byte of a key is
+    /// always there (process_key() is only called when standard input has bytes). After an ESC,
+    /// and inside a UTF-8 character, it waits at most 100 ms for the next byte: a terminal sends
+    /// a key's escape sequence at once, so a lone ESC (or a sequence cut by a slow link) is
+    /// dropped instead of holding up the chat until the next key. Other keys a command reads
+    /// (vi's "dw", ...) are waited for. A signal ends the wait too (the unfinished key is
+    /// dropped) so that the event loop sees it. Invalid bytes are dropped, as libedit does.
+    static int read_char(EditLine* editor, wchar_t* out) {
+        void* client = nullptr;
+        ::el_get(editor, EL_CLIENTDATA, &client);
+        auto& self = *static_cast<line_editor*>(client);
         char bytes[MB_LEN_MAX];
         std::size_t have = 0;
         for (;;) {
             pollfd ready{STDIN_FILENO, POLLIN, 0};
-            const int polled = ::poll(&ready, 1, 100);
-            if (polled == -1 && errno == EINTR)
-                continue;
-            if (polled <= 0 || (ready.revents & POLLIN) == 0)
+            const int polled = ::poll(&ready, 1, have > 0 || self.after_escape_ ? 100 : -1);
+            if (polled == -1)
+                return errno == EINTR ? 0 : -1;
+            if (polled == 0 || (ready.revents & POLLIN) == 0) { // timed out, or hung up
+                self.after_escape_ = false;
                 return 0;
+            }
             const ssize_t got = ::read(STDIN_FILENO, bytes + have, 1);
             if (got == -1 && errno == EINTR)
-                continue;
+                return 0;
             if (got <= 0)
                 return got == 0 ? 0 : -1;
             ++have;
@@ -249,6 +255,7 @@ private:
                 have = 0; // invalid: drop it
                 continue;
             }
+            self.after_escape_ = *out == L'\x1b';
             return 1;
         }
     }
@@ -347,6 +354,7 @@ private:
     History* history_ = nullptr;
     EditLine* editor_ = nullptr;
     bool active_ = false;
+    bool after_escape_ = false; ///< the last character read was ESC
 };
 
 } // namespace chat
