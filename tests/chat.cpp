@@ -145,13 +145,20 @@ public:
     /// A private directory for files of the test (removed at the end).
     const std::filesystem::path& directory() const { return directory_; }
 
-    /// Starts `command` (a sh command line) in a new 100x20 terminal called `name`.
+    /// Starts `command` (a sh command line) in a new 100x20 terminal called `name`. The
+    /// terminal stays open after the command ended and shows its exit status (tmux can drop the
+    /// last output of a program whose terminal closes as it exits).
     bool start(const std::string& name, const std::string& command) {
+        return start_alone(name, command + "; echo \"[exited with $?]\"; exec sleep 1000000");
+    }
+    /// Starts `command` as the terminal's only process (its controlling process: closing the
+    /// terminal sends it SIGHUP).
+    bool start_alone(const std::string& name, const std::string& command) {
         return run(tmux_ + "new-session -d -s " + name + " -x 100 -y 20 " + quote(command)) == 0;
     }
     /// A shell (bash without startup files, prompt "$ ") in a new terminal.
     bool start_shell(const std::string& name) {
-        return start(name, "env PS1='$ ' bash --norc --noprofile");
+        return start_alone(name, "env PS1='$ ' bash --norc --noprofile");
     }
 
     /// The terminal's text, with its scrollback; with `escapes`, colours and attributes as
@@ -168,6 +175,21 @@ public:
             if (line.find_first_not_of(' ') != std::string::npos)
                 last = line.substr(0, line.find_last_not_of(' ') + 1);
         return last;
+    }
+
+    /// Waits until the last line with something on it is `text`.
+    bool wait_last_line(const std::string& name, const std::string& text,
+                        std::chrono::milliseconds limit = 10s) const {
+        const auto deadline = clock_type::now() + limit;
+        while (clock_type::now() < deadline) {
+            if (last_line(name) == text)
+                return true;
+            std::this_thread::sleep_for(30ms);
+        }
+        BOOST_TEST_MESSAGE(name << "'s last line is \"" << last_line(name) << "\", not \"" << text
+                                << "\"; its screen:\n"
+                                << screen(name));
+        return false;
     }
 
     bool wait_for(const std::string& name, const std::string& text,
@@ -196,20 +218,14 @@ public:
         press(name, "Enter");
     }
 
-    /// The exit status of the terminal's program, once it has ended.
-    std::optional<int> exit_status(const std::string& name) const {
-        const auto out = capture(tmux_ + "display-message -p -t " + name +
-                                 " '#{pane_dead} #{pane_dead_status}' 2> /dev/null");
-        if (out.rfind("1 ", 0) != 0)
-            return std::nullopt;
-        return std::atoi(out.c_str() + 2);
-    }
-    /// Waits for the terminal's program to end: its exit status, or -1.
+    /// Waits for the command started with start() to end: its exit status, or -1.
     int wait_exit(const std::string& name, std::chrono::milliseconds limit = 10s) const {
+        const std::string mark = "[exited with ";
         const auto deadline = clock_type::now() + limit;
         while (clock_type::now() < deadline) {
-            if (auto status = exit_status(name))
-                return *status;
+            const auto text = screen(name);
+            if (const auto at = text.find(mark); at != std::string::npos)
+                return std::atoi(text.c_str() + at + mark.size());
             std::this_thread::sleep_for(30ms);
         }
         BOOST_TEST_MESSAGE(name << " did not end; " << state(name) << screen(name));
@@ -551,8 +567,8 @@ BOOST_AUTO_TEST_CASE(two_participants_in_terminals) {
     BOOST_TEST(tmux.wait_for("bob", "] alice: hello bob"));
     // Her own message is shown as everyone sees it, and what she typed is gone from the screen.
     BOOST_TEST(tmux.wait_for("alice", "] alice: hello bob"));
+    BOOST_TEST(tmux.wait_last_line("alice", "alice>"));
     BOOST_TEST(count(tmux.screen("alice"), "hello bob") == 1u, tmux.screen("alice"));
-    BOOST_TEST(tmux.last_line("alice") == "alice>");
     tmux.type_line("bob", "hi alice");
     BOOST_TEST(tmux.wait_for("alice", "] bob: hi alice"));
     tmux.type_line("bob", "/who");
@@ -562,8 +578,8 @@ BOOST_AUTO_TEST_CASE(two_participants_in_terminals) {
     BOOST_TEST(tmux.wait_exit("alice") == 0);
     tmux.type_line("bob", "/quit");
     BOOST_TEST(tmux.wait_exit("bob") == 0);
-    BOOST_TEST(tmux.screen("bob").find("last one out: room " + room.name() + " removed") !=
-               std::string::npos);
+    // (tmux may learn that the program ended before it has shown its last output)
+    BOOST_TEST(tmux.wait_for("bob", "last one out: room " + room.name() + " removed"));
     BOOST_TEST(room.objects_gone());
 }
 
@@ -582,9 +598,8 @@ BOOST_AUTO_TEST_CASE(a_message_arriving_while_typing_appears_above_the_half_type
     BOOST_REQUIRE(tmux.wait_for("bob", "bob> "));
     tmux.type_line("bob", "interrupting!");
     BOOST_REQUIRE(tmux.wait_for("alice", "] bob: interrupting!"));
-    std::this_thread::sleep_for(100ms);
+    BOOST_TEST(tmux.wait_last_line("alice", "alice> I am typing a long sen"));
     const auto screen = tmux.screen("alice");
-    BOOST_TEST(tmux.last_line("alice") == "alice> I am typing a long sen", screen);
     BOOST_TEST(screen.find("] bob: interrupting!") < screen.find("alice> I am typing"), screen);
     BOOST_TEST(count(screen, "I am typing") == 1u, screen);
     tmux.type_line("alice", "tence");
@@ -596,7 +611,7 @@ BOOST_AUTO_TEST_CASE(a_message_arriving_while_typing_appears_above_the_half_type
     BOOST_REQUIRE(tmux.wait_for("alice", "w end"));
     tmux.type_line("bob", "again");
     BOOST_REQUIRE(tmux.wait_for("alice", "] bob: again"));
-    std::this_thread::sleep_for(100ms);
+    BOOST_TEST(tmux.wait_last_line("alice", "alice> " + long_line)); // (-J joins wrapped rows)
     const auto wrapped = tmux.screen("alice");
     BOOST_TEST(wrapped.find("] bob: again") < wrapped.find("alice> wide"), wrapped);
     BOOST_TEST(count(wrapped, "alice> wide") == 1u, wrapped);
@@ -626,9 +641,7 @@ BOOST_AUTO_TEST_CASE(line_editing_and_history_in_a_terminal) {
     tmux.press("alice", "Up");
     BOOST_TEST(tmux.wait_for("alice", "alice> first line"));
     tmux.press("alice", "Enter");
-    BOOST_TEST(tmux.wait_for("bob", "] alice: first line\n"));
-    BOOST_TEST(tmux.wait_for("alice", "alice: second line"));
-    std::this_thread::sleep_for(200ms);
+    BOOST_TEST(tmux.wait_for("bob", "] alice: second line\n[", 10s)); // something came after it
     BOOST_TEST(count(tmux.screen("bob"), "] alice: first line") == 2u, tmux.screen("bob"));
     // Ctrl-A goes to the start, Ctrl-E to the end, Ctrl-W deletes the word before the cursor.
     tmux.type("alice", "world");
@@ -694,7 +707,8 @@ BOOST_AUTO_TEST_CASE(the_terminal_is_restored_on_every_way_out) {
     std::string shell; // the terminal of the current way out
     const auto before = tmux.directory() / "before";
     const auto after = tmux.directory() / "after";
-    const std::string after_chat = "echo \"chat exited with $?\"; stty -a > " + after.string();
+    const std::string after_chat =
+        "echo \"chat exited with $?\"; stty -a > " + after.string() + "; echo settings saved";
     struct way_out {
         std::string name;
         int status;
@@ -757,10 +771,7 @@ BOOST_AUTO_TEST_CASE(the_terminal_is_restored_on_every_way_out) {
             BOOST_REQUIRE(chat > 0);
             way.act(room, chat);
             BOOST_TEST(tmux.wait_for(shell, "chat exited with " + std::to_string(way.status)));
-            const auto deadline = clock_type::now() + 5s;
-            while (!std::filesystem::exists(after) && clock_type::now() < deadline)
-                std::this_thread::sleep_for(20ms);
-            std::this_thread::sleep_for(50ms);
+            BOOST_TEST(tmux.wait_for(shell, "\nsettings saved"));
             BOOST_TEST(read_file(after) == read_file(before));
             const auto screen = tmux.screen(shell);
             BOOST_TEST(screen.find("alice> ") == std::string::npos, screen); // prompt erased
@@ -779,9 +790,9 @@ BOOST_AUTO_TEST_CASE(closing_the_terminals_leaves_cleanly_and_the_last_removes_t
     test_room room;
     terminals tmux;
     const std::string chat = chat_binary() + " --room " + room.name() + " --name ";
-    BOOST_REQUIRE(tmux.start("alice", chat + "alice"));
+    BOOST_REQUIRE(tmux.start_alone("alice", chat + "alice"));
     BOOST_REQUIRE(tmux.wait_for("alice", "alice> "));
-    BOOST_REQUIRE(tmux.start("bob", chat + "bob"));
+    BOOST_REQUIRE(tmux.start_alone("bob", chat + "bob"));
     BOOST_REQUIRE(tmux.wait_for("alice", "bob joined"));
     tmux.close("bob");
     BOOST_TEST(tmux.wait_for("alice", "bob left"));
