@@ -1,6 +1,7 @@
 // sysv_bench: the driver (options, report, CSV, cleanup on signals) and the framework of
 // bench.hpp. The sections live in the other sources of the target and register themselves.
 #include "bench.hpp"
+#include "cli.hpp"
 
 #include <fcntl.h>
 #include <malloc.h>
@@ -414,26 +415,6 @@ double process_cpu_seconds() {
 
 namespace {
 
-void usage(std::FILE* out) {
-    std::fprintf(out, R"(usage: sysv_bench [options]
-
-  --quick            fewer iterations (a smoke run of every row)
-  --section NAME     run one section (repeatable); --list shows them
-  --row ID           run only the row ID (repeatable; ID* selects every row id starting with
-                     ID; the row ids are the CSV's "row" column)
-  --csv PATH         CSV output (default: <build dir>/bench.csv, i.e. build/release/bench.csv)
-  --runs N           runs per row (sections interleave the rows of each run)
-  --rounds N         iterations per run (round trips, samples, lock operations)
-  --seconds S        measuring time of time-based rows (idle cost, contended mutex)
-  --backoff Y,F,G,M[,J]
-                     also measure rows "custom" with sysv::backoff{Y yields, first_sleep F us,
-                     growth G, max_sleep M us, jitter J}
-  --placement P      ping-pong: only the table with the processes placed by the scheduler
-                     (any), pinned to two CPUs (two) or both pinned to one CPU (one)
-  --list             list the sections
-)");
-}
-
 std::string first_line_of(const char* path, std::string_view prefix) {
     std::ifstream in(path);
     std::string line;
@@ -451,14 +432,32 @@ bench::backoff_spec parse_backoff(const std::string& text) {
     std::stringstream in(text);
     for (std::string part; std::getline(in, part, ',');)
         parts.push_back(part);
+    const std::string wanted = "wants Y,F,G,M[,J] (numbers), got " + text;
     if (parts.size() < 4 || parts.size() > 5)
-        throw std::invalid_argument("--backoff wants Y,F,G,M[,J], got " + text);
-    b.immediate_yields = static_cast<unsigned>(std::stoul(parts[0]));
-    b.first_sleep_us = std::stol(parts[1]);
-    b.growth = std::stod(parts[2]);
-    b.max_sleep_us = std::stol(parts[3]);
-    if (parts.size() == 5)
-        b.jitter = std::stod(parts[4]);
+        throw std::invalid_argument(wanted);
+    try {
+        std::size_t used = 0;
+        auto whole = [&](const std::string& part) {
+            const long value = std::stol(part, &used);
+            if (used != part.size() || value < 0)
+                throw std::invalid_argument(part);
+            return value;
+        };
+        auto real = [&](const std::string& part) {
+            const double value = std::stod(part, &used);
+            if (used != part.size() || value < 0)
+                throw std::invalid_argument(part);
+            return value;
+        };
+        b.immediate_yields = static_cast<unsigned>(whole(parts[0]));
+        b.first_sleep_us = whole(parts[1]);
+        b.growth = real(parts[2]);
+        b.max_sleep_us = whole(parts[3]);
+        if (parts.size() == 5)
+            b.jitter = real(parts[4]);
+    } catch (const std::logic_error&) { // invalid_argument, out_of_range
+        throw std::invalid_argument(wanted);
+    }
     return b;
 }
 
@@ -521,47 +520,59 @@ int main(int argc, char** argv) {
     bench::options opt;
     std::vector<std::string> sections;
     bool list = false;
-    try {
-        for (int i = 1; i < argc; ++i) {
-            const std::string_view arg = argv[i];
-            auto value = [&]() -> std::string {
-                if (i + 1 >= argc)
-                    throw std::invalid_argument(std::string(arg) + " needs a value");
-                return argv[++i];
-            };
-            if (arg == "--quick")
-                opt.quick = true;
-            else if (arg == "--section")
-                sections.push_back(value());
-            else if (arg == "--row")
-                opt.row_filter.push_back(value());
-            else if (arg == "--csv")
-                opt.csv = value();
-            else if (arg == "--runs")
-                opt.runs = std::stoi(value());
-            else if (arg == "--rounds")
-                opt.rounds = std::stol(value());
-            else if (arg == "--seconds")
-                opt.seconds = std::stod(value());
-            else if (arg == "--backoff")
-                opt.custom_backoff = parse_backoff(value());
-            else if (arg == "--placement") {
-                opt.placement = value();
-                if (opt.placement != "any" && opt.placement != "two" && opt.placement != "one")
-                    throw std::invalid_argument("--placement wants any, two or one");
-            } else if (arg == "--list")
-                list = true;
-            else if (arg == "-h" || arg == "--help") {
-                usage(stdout);
-                return 0;
-            } else
-                throw std::invalid_argument("unknown option " + std::string(arg));
-        }
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "sysv_bench: %s\n\n", e.what());
-        usage(stderr);
-        return 2;
-    }
+    std::string csv_path, backoff_text;
+    CLI::App app{"asio-sysv benchmarks: one section per question; markdown tables on standard "
+                 "output, every number in a CSV file.",
+                 "sysv_bench"};
+    cli::describe(app);
+    app.add_flag("--quick", opt.quick, "Fewer iterations (a smoke run of every row)");
+    app.add_option("--section", sections, "Run this section (repeatable); --list shows them")
+        ->type_name("NAME");
+    app.add_option("--row", opt.row_filter,
+                   "Run only this row (repeatable; ID* selects every row id starting with ID; the "
+                   "row ids are the CSV's \"row\" column)")
+        ->type_name("ID");
+    app.add_option("--csv", csv_path,
+                   "CSV output (default: <build dir>/bench.csv, i.e. build/release/bench.csv)")
+        ->type_name("PATH");
+    app.add_option("--runs", opt.runs, "Runs per row (sections interleave the rows of each run)")
+        ->type_name("N")
+        ->check(CLI::PositiveNumber.description(""));
+    app.add_option("--rounds", opt.rounds,
+                   "Iterations per run (round trips, samples, lock operations)")
+        ->type_name("N")
+        ->check(CLI::PositiveNumber.description(""));
+    app.add_option("--seconds", opt.seconds,
+                   "Measuring time of time-based rows (idle cost, contended mutex)")
+        ->type_name("S")
+        ->check(CLI::PositiveNumber.description(""));
+    app.add_option("--backoff", backoff_text,
+                   "Also measure rows \"custom\" with sysv::backoff{Y yields, first_sleep F us, "
+                   "growth G, max_sleep M us, jitter J}")
+        ->type_name("Y,F,G,M[,J]")
+        ->check(CLI::Validator(
+            [](std::string& text) {
+                try {
+                    parse_backoff(text);
+                    return std::string();
+                } catch (const std::exception& e) {
+                    return std::string(e.what());
+                }
+            },
+            ""));
+    app.add_option("--placement", opt.placement,
+                   "Ping-pong: only the table with the processes placed by the scheduler (any), "
+                   "pinned to two CPUs (two) or both pinned to one CPU (one)")
+        ->type_name("P")
+        ->check(CLI::IsMember({"any", "two", "one"}).description(""));
+    app.add_flag("--list", list, "List the sections");
+    app.footer("Exit status: 0 when every section ran and nothing was left behind, 1 otherwise, "
+               "2 for a usage error, 3 when interrupted.");
+    if (auto status = cli::parse(app, argc, argv))
+        return *status;
+    opt.csv = csv_path;
+    if (!backoff_text.empty())
+        opt.custom_backoff = parse_backoff(backoff_text);
 
     auto& all = bench::registry();
     std::sort(all.begin(), all.end(),

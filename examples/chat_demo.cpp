@@ -19,6 +19,7 @@
 
 #include "chat_process.hpp"
 #include "chat_room.hpp"
+#include "cli.hpp"
 
 namespace {
 
@@ -38,7 +39,19 @@ bool in_order(const std::string& haystack, const std::vector<std::string>& needl
 
 int main(int argc, char** argv) try {
     const auto self = std::filesystem::canonical("/proc/self/exe");
-    const std::string program = argc > 1 ? argv[1] : (self.parent_path() / "chat").string();
+    std::string program = (self.parent_path() / "chat").string();
+    CLI::App app{"A scripted conversation between three chat processes in a fresh room; checks "
+                 "that each saw every other's messages in order and that the room is gone "
+                 "afterwards.",
+                 "chat_demo"};
+    cli::describe(app);
+    app.add_option("--chat", program, "The chat program to run")
+        ->type_name("PATH")
+        ->capture_default_str()
+        ->check(CLI::ExistingFile.description(""));
+    app.footer("Exit status: 0 when every check passed, 1 otherwise, 2 for a usage error.");
+    if (auto status = cli::parse(app, argc, argv))
+        return *status;
     const std::string room = "demo-" + std::to_string(::getpid());
     std::printf("chat_demo: three chat processes talk in room %s\n\n", room.c_str());
     std::fflush(stdout);

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -68,10 +69,17 @@ public:
     void kill(int signal) const { ::kill(pid_, signal); }
     const std::string& transcript() const { return transcript_; }
 
-    void say(const std::string& line) {
-        const std::string text = line + "\n";
-        if (::write(input_, text.data(), text.size()) != static_cast<ssize_t>(text.size()))
-            throw std::runtime_error(name_ + ": cannot write to chat");
+    void say(const std::string& line) { write(line + "\n"); }
+    /// Writes `text` to the chat's input as is (waiting while the pipe is full).
+    void write(const std::string& text) {
+        for (std::size_t done = 0; done < text.size();) {
+            const ssize_t n = ::write(input_, text.data() + done, text.size() - done);
+            if (n == -1 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                throw std::runtime_error(name_ + ": cannot write to chat");
+            done += static_cast<std::size_t>(n);
+        }
     }
     void close_input() {
         ::close(input_);

@@ -9,11 +9,12 @@
 #include <exception>
 #include <string_view>
 
+#include "cli.hpp"
+
 import sysv;
 
 namespace {
 
-constexpr int rounds = 5;
 constexpr std::size_t parent_turn = 0; // semaphore the parent waits on
 constexpr std::size_t child_turn = 1;  // semaphore the child waits on
 
@@ -30,7 +31,19 @@ const char* get(const sysv::attachment& memory) {
 
 } // namespace
 
-int main() try {
+int main(int argc, char** argv) try {
+    int rounds = 5;
+    CLI::App app{"Two processes (this one and a forked child) pass the turn back and forth "
+                 "through a semaphore set and exchange text in a shared segment.",
+                 "ping_pong"};
+    cli::describe(app);
+    app.add_option("--rounds", rounds, "Round trips to make, 1..1000000")
+        ->type_name("N")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1000000).description(""));
+    app.footer("Exit status: 0 on success, 1 on an error, 2 for a usage error.");
+    if (auto status = cli::parse(app, argc, argv))
+        return *status;
     // IPC_PRIVATE objects: reachable by this process and the child it forks, by nobody else.
     auto memory = sysv::shared_memory::create(sysv::key::private_key(), 4096);
     sysv::scoped_remover remove_memory(memory);
