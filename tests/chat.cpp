@@ -476,18 +476,9 @@ BOOST_AUTO_TEST_CASE(ipcrm_of_the_semaphore_set_ends_every_participant_with_one_
     BOOST_TEST(room.objects_gone()); // the segment went with them
 }
 
-// PENDING a library change: the channel must notice a segment marked for removal (IPC_STAT:
-// SHM_DEST) and report sysv::errc::removed (issue 10, item 2). Until then nothing notices: the
-// participants chat on in a segment nobody else can find, and this test fails. It is skipped
-// unless SYSV_TEST_PENDING=1; once the library reports the removal, drop the precondition:
-//   SYSV_TEST_PENDING=1 build/dev/tests/sysv_tests \
-//     --run_test=chat_program/ipcrm_of_the_segment_ends_every_participant_with_one_message
-BOOST_AUTO_TEST_CASE(ipcrm_of_the_segment_ends_every_participant_with_one_message,
-                     *boost::unit_test::precondition([](boost::unit_test::test_unit_id) {
-                         const char* pending = std::getenv("SYSV_TEST_PENDING");
-                         return boost::test_tools::assertion_result(
-                             pending != nullptr && std::string_view(pending) == "1");
-                     })) {
+// The channel notices that its segment was marked for removal (IPC_STAT: SHM_DEST), removes the
+// set too and reports sysv::errc::removed to every member.
+BOOST_AUTO_TEST_CASE(ipcrm_of_the_segment_ends_every_participant_with_one_message) {
     test_room room;
     chat::participant alice(chat_binary(), room.name(), "alice");
     BOOST_REQUIRE(alice.wait_for("joined room"));
