@@ -161,11 +161,12 @@ public:
             } else {
                 if (editor_)
                     editor_->start();
-                // All four run until the first one ends the session; the others are then
+                // All five run until the first one ends the session; the others are then
                 // cancelled and awaited (nothing is left running detached).
                 auto first = co_await (guarded(read_input(), "reading the input") ||
                                        guarded(receive_loop(), "receiving messages") ||
                                        guarded(reap_loop(), "looking for lost participants") ||
+                                       guarded(watch_lock(), "watching the room's lock") ||
                                        guarded(wait_for_signals(), "waiting for signals"));
                 end = std::visit([](ending& e) { return std::move(e); }, first);
             }
@@ -331,6 +332,38 @@ private:
             for (const auto& member : lost)
                 if (auto send_error = co_await send(kind::lost, member.label))
                     co_return ending::failed(send_error, "announcing a lost participant");
+        }
+    }
+
+    /// A participant stopped while holding the room's lock (Ctrl-Z, a debugger) pauses the
+    /// room until it continues (the kernel frees only a dead holder's lock): say so, once,
+    /// instead of waiting in silence. Looks without taking the lock, so it never waits itself.
+    asio::awaitable<ending> watch_lock() {
+        asio::steady_timer timer(io_);
+        std::uint32_t paused_by = 0;
+        for (;;) {
+            timer.expires_after(300ms);
+            auto [wait_error] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+            if (wait_error)
+                co_return ending::failed(wait_error, "waiting");
+            error_code ec;
+            const auto holder = channel_->lock_holder(ec);
+            if (ec)
+                co_return ending::failed(ec, "looking at the room's lock");
+            if (holder && holder->state == sysv::process_state::stopped &&
+                holder->pid != static_cast<std::uint32_t>(::getpid())) {
+                if (paused_by != holder->pid) {
+                    paused_by = holder->pid;
+                    const std::string who =
+                        holder->label.empty() ? "a process" : paint(chat::sanitise(holder->label));
+                    show("waiting for " + who + " (pid " + std::to_string(holder->pid) +
+                         ", stopped while holding the room's lock): the room is paused until it "
+                         "continues");
+                }
+            } else if (paused_by != 0) {
+                show("the room goes on (pid " + std::to_string(paused_by) + " continued)");
+                paused_by = 0;
+            }
         }
     }
 

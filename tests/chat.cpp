@@ -10,6 +10,8 @@
 #include <optional>
 #include <sstream>
 
+import sysv.channel;
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -522,6 +524,37 @@ BOOST_AUTO_TEST_CASE(a_segment_overwritten_by_another_program_ends_every_partici
         BOOST_TEST(count(t, "chat: room " + room.name() + " is corrupt") == 1u, t);
     }
     BOOST_TEST(room.objects_gone()); // the last one out removed it
+}
+
+BOOST_AUTO_TEST_CASE(a_participant_stopped_holding_the_lock_is_named_and_the_room_goes_on) {
+    test_room room;
+    chat::participant alice(chat_binary(), room.name(), "alice");
+    BOOST_REQUIRE(alice.wait_for("joined room"));
+    // carol joins through the library, takes the room's lock as a writer does, and is stopped
+    // (Ctrl-Z, a debugger) while holding it.
+    sysv_test::child carol([&] {
+        boost::asio::io_context io;
+        auto ch = sysv::channel::open_or_create(io.get_executor(), sysv::key(room.key()));
+        ch.async_join("carol", [](boost::system::error_code) {});
+        io.run();
+        ch.semaphores().apply(sysv::op::acquire(0).undo());
+        ::raise(SIGSTOP);
+        ch.semaphores().apply(sysv::op::release(0).undo());
+        ::pause(); // until killed: then "left (lost)"
+        return 0;
+    });
+    BOOST_TEST(alice.wait_for("waiting for carol (pid " + std::to_string(carol.pid()) +
+                              ", stopped while holding the room's lock)"),
+               alice.transcript());
+    ::kill(carol.pid(), SIGCONT);
+    BOOST_TEST(alice.wait_for("the room goes on"), alice.transcript());
+    carol.kill(SIGKILL);
+    carol.wait();
+    BOOST_TEST(alice.wait_for("carol left (lost)"), alice.transcript());
+    alice.say("/quit");
+    BOOST_TEST(alice.wait_exit() == 0, alice.transcript());
+    BOOST_TEST(count(alice.transcript(), "waiting for carol") == 1u); // said once
+    BOOST_TEST(room.objects_gone());
 }
 
 BOOST_AUTO_TEST_CASE(a_foreign_object_at_the_room_key_is_refused_and_left_alone) {
