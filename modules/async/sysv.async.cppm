@@ -110,7 +110,9 @@ struct backoff {
 
     /// For waits whose releasers all use this library (so every release rings): with
     /// doorbells, the backstop polls once a second (an idle wait costs ~0 CPU); without them,
-    /// the defaults. A release by another program (or `ipcrm`) is then seen within a second.
+    /// the defaults. A release by another program (or `ipcrm`) is then seen within a second,
+    /// and so is the kernel's release of a lock whose holder died (SEM_UNDO does not ring):
+    /// for locks, a shorter doorbell_max_sleep bounds that stall.
     static backoff library_releasers() noexcept {
         backoff b;
         b.doorbell_max_sleep = std::chrono::microseconds(1'000'000);
