@@ -276,6 +276,6 @@ void run_channel_section(bench::context& ctx) {
 }
 
 const bench::registrar channel_section{
-    {"channel", 50, "5. Channel throughput", &run_channel_section}};
+    {"channel", 50, "6. Channel throughput", &run_channel_section}};
 
 } // namespace

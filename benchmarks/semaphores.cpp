@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <exception>
 #include <memory>
 #include <optional>
@@ -24,6 +25,7 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 import sysv;
@@ -32,6 +34,41 @@ namespace asio = boost::asio;
 using bench::now_ns;
 
 namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Wake modes: a row names the mode its waits use (SYSV_WAIT_MODE, read when a context makes
+// its first wait, inherited by forked peers). "polling" keeps the rows of earlier runs
+// comparable; "io_uring" and "thread" are the doorbell rows.
+// ---------------------------------------------------------------------------------------------
+
+class forced_mode {
+public:
+    explicit forced_mode(const std::string& mode) {
+        if (const char* old = std::getenv("SYSV_WAIT_MODE"))
+            previous_ = old;
+        if (!mode.empty())
+            ::setenv("SYSV_WAIT_MODE", mode.c_str(), 1);
+    }
+    forced_mode(const forced_mode&) = delete;
+    forced_mode& operator=(const forced_mode&) = delete;
+    ~forced_mode() {
+        if (previous_)
+            ::setenv("SYSV_WAIT_MODE", previous_->c_str(), 1);
+        else
+            ::unsetenv("SYSV_WAIT_MODE");
+    }
+
+private:
+    std::optional<std::string> previous_;
+};
+
+/// Whether wake mode `mode` is what a context gets when it is asked for.
+bool mode_available(const std::string& mode) {
+    forced_mode force(mode);
+    asio::io_context io;
+    const auto got = sysv::wake_mode_of(io);
+    return std::string(sysv::to_string(got)) == (mode == "thread" ? "helper_thread" : mode);
+}
 
 // ---------------------------------------------------------------------------------------------
 // IPC objects owned by a measurement: IPC_PRIVATE, removed by a sysv::scoped_remover when the
@@ -187,6 +224,7 @@ struct pp_row {
     std::string label;
     pp_kind kind;
     sysv::backoff backoff;
+    std::string mode = "polling"; ///< of the awaitable rows
 };
 
 /// Where the two processes of a ping-pong run.
@@ -269,6 +307,7 @@ void answering_from_here(shared_block& b) noexcept {
 
 /// Semaphore 0 is the peer's turn, semaphore 1 the measuring process's turn.
 round_trips semaphore_pingpong(const pp_row& row, long rounds, long warmup, placement where) {
+    forced_mode force(row.kind == pp_kind::awaitable ? row.mode : std::string());
     owned_set turns{0, 0};
     owned_segment segment;
     shared_block& block = segment.block();
@@ -512,6 +551,24 @@ void pingpong_table(bench::context& ctx, const std::vector<pp_row>& rows, placem
         ctx.record(id, "rtt_p99_ratio_to_baseline", ratio99, "x");
         const auto runs_no_worse =
             std::count_if(r50.begin(), r50.end(), [](double x) { return x <= 1.0; });
+        // The doorbell row against the polling row of the same runs: no regression of the hot
+        // path (a ring is an atomic on a shared word while nobody sleeps).
+        const auto polling = std::find_if(rows.begin(), rows.end(),
+                                          [](const pp_row& r) { return r.id == "async_default"; });
+        if (rows[i].id == "doorbell_io_uring" && polling != rows.end()) {
+            const auto p = static_cast<std::size_t>(polling - rows.begin());
+            std::vector<double> vs_polling;
+            for (int run = 0; run < runs; ++run)
+                vs_polling.push_back(ratio(per_run[i][static_cast<std::size_t>(run)].p50,
+                                           per_run[p][static_cast<std::size_t>(run)].p50));
+            const double r = bench::median(vs_polling);
+            ctx.record(id, "rtt_p50_ratio_to_polling", r, "x");
+            ctx.target("ping-pong (" + where_text +
+                           "), doorbells via io_uring: median RTT <= 1.1x the polling-only row",
+                       bench::fmt(s.p50) + " us vs " + bench::fmt(bench::summarize(pooled[p]).p50) +
+                           " us (" + bench::ratio_text(r) + ", median of per-run ratios)",
+                       r <= 1.1);
+        }
         if (rows[i].id == "async_default" && have_baseline)
             ctx.target("ping-pong (" + where_text +
                            "), co_await on both sides, default backoff: median RTT <= blocking "
@@ -545,11 +602,21 @@ void run_pingpong(bench::context& ctx) {
     const char* letters[] = {"(c)", "(d)", "(e)", "(g)"};
     std::size_t letter = 0;
     for (const auto& b : backoffs(opt))
-        rows.push_back({"async_" + b.id,
-                        std::string(letters[letter++]) + " co_await async_acquire, " + b.label,
-                        pp_kind::awaitable, b.value});
+        rows.push_back(
+            {"async_" + b.id,
+             std::string(letters[letter++]) + " co_await async_acquire, polling, " + b.label,
+             pp_kind::awaitable, b.value});
     rows.push_back(
         {"socket", "(f) Asio local::stream_protocol socketpair, coroutines", pp_kind::socket, {}});
+    if (mode_available("io_uring"))
+        rows.push_back({"doorbell_io_uring",
+                        "(h) co_await async_acquire, default backoff{}, doorbells via io_uring",
+                        pp_kind::awaitable, sysv::backoff{}, "io_uring"});
+    if (mode_available("thread"))
+        rows.push_back({"doorbell_thread",
+                        "(i) co_await async_acquire, default backoff{}, doorbells via the helper "
+                        "thread",
+                        pp_kind::awaitable, sysv::backoff{}, "thread"});
     std::erase_if(rows, [&](const pp_row& r) { return !opt.wants(r.id); });
     if (rows.empty())
         return;
@@ -572,11 +639,12 @@ void run_pingpong(bench::context& ctx) {
 // 2. Wake latency after idle
 // =============================================================================================
 
-struct wake_mode {
+struct wake_row {
     std::string id;
     std::string label;
     bool blocking;
     sysv::backoff backoff;
+    std::string mode = "polling";
 };
 
 void run_wake(bench::context& ctx) {
@@ -588,10 +656,20 @@ void run_wake(bench::context& ctx) {
     std::vector<idle_level> levels{{std::chrono::milliseconds(1), opt.rounds_or(400, 40)},
                                    {std::chrono::milliseconds(10), opt.rounds_or(200, 20)},
                                    {std::chrono::milliseconds(100), opt.rounds_or(80, 6)}};
-    std::vector<wake_mode> modes{{"blocking", "thread blocked in semop [baseline]", true, {}}};
+    std::vector<wake_row> modes{{"blocking", "thread blocked in semop [baseline]", true, {}}};
     for (const auto& b : backoffs(opt))
-        modes.push_back({"async_" + b.id, "co_await async_acquire, " + b.label, false, b.value});
-    std::erase_if(modes, [&](const wake_mode& m) { return !opt.wants(m.id); });
+        modes.push_back(
+            {"async_" + b.id, "co_await async_acquire, polling, " + b.label, false, b.value});
+    if (mode_available("io_uring"))
+        modes.push_back({"doorbell_io_uring",
+                         "co_await async_acquire, doorbells via io_uring, default backoff{}", false,
+                         sysv::backoff{}, "io_uring"});
+    if (mode_available("thread"))
+        modes.push_back({"doorbell_thread",
+                         "co_await async_acquire, doorbells via the helper thread, default "
+                         "backoff{}",
+                         false, sysv::backoff{}, "thread"});
+    std::erase_if(modes, [&](const wake_row& m) { return !opt.wants(m.id); });
     if (modes.empty())
         return;
     const bool have_baseline = modes.front().blocking;
@@ -636,24 +714,36 @@ void run_wake(bench::context& ctx) {
     std::vector<std::vector<std::vector<double>>> samples(
         levels.size(), std::vector<std::vector<double>>(mode_count));
     {
-        asio::io_context io;
+        // One context per row: a context's wake mode is chosen at its first wait.
+        std::vector<std::unique_ptr<asio::io_context>> contexts;
+        std::vector<std::unique_ptr<sysv::async_semaphore_set>> async_sets;
+        for (const auto& mode : modes) {
+            forced_mode force(mode.mode);
+            contexts.push_back(std::make_unique<asio::io_context>());
+            sysv::wake_mode_of(*contexts.back()); // chosen now, while forced
+            async_sets.push_back(
+                std::make_unique<sysv::async_semaphore_set>(*contexts.back(), sems.handle()));
+        }
         auto& raw = sems.get();
-        sysv::async_semaphore_set async_set(io, sems.handle());
-        run_coroutine(io, [&]() -> asio::awaitable<void> {
-            for (std::size_t l = 0; l < levels.size(); ++l)
-                for (long k = 0; k < levels[l].samples; ++k)
-                    for (std::size_t j = 0; j < mode_count; ++j) {
-                        const std::size_t m = (j + static_cast<std::size_t>(k)) % mode_count;
-                        raw.apply(sysv::op::release(1));
-                        if (modes[m].blocking)
-                            raw.apply(sysv::op::acquire(0));
-                        else
-                            co_await async_set.async_apply(sysv::op::acquire(0), modes[m].backoff,
-                                                           asio::use_awaitable);
-                        const auto resumed = now_ns();
-                        samples[l][m].push_back(us_since(load(block.stamp), resumed));
+        for (std::size_t l = 0; l < levels.size(); ++l)
+            for (long k = 0; k < levels[l].samples; ++k)
+                for (std::size_t j = 0; j < mode_count; ++j) {
+                    const std::size_t m = (j + static_cast<std::size_t>(k)) % mode_count;
+                    raw.apply(sysv::op::release(1));
+                    if (modes[m].blocking) {
+                        raw.apply(sysv::op::acquire(0));
+                    } else {
+                        sysv::error_code result;
+                        async_sets[m]->async_apply(sysv::op::acquire(0), modes[m].backoff,
+                                                   [&](sysv::error_code ec) { result = ec; });
+                        contexts[m]->restart();
+                        contexts[m]->run();
+                        if (result)
+                            throw sysv::system_error(result, "wake latency wait");
                     }
-        });
+                    const auto resumed = now_ns();
+                    samples[l][m].push_back(us_since(load(block.stamp), resumed));
+                }
     }
     releaser.join("wake latency releaser");
     bench::watchdog(0, nullptr);
@@ -675,6 +765,15 @@ void run_wake(bench::context& ctx) {
             ctx.record(row, "wake_max", s.max, "us");
             ctx.record(row, "wake_p50_ratio_to_baseline", r50, "x");
             ctx.record(row, "wake_p99_ratio_to_baseline", r99, "x");
+            if (modes[m].id == "doorbell_io_uring" && have_baseline) {
+                ctx.target("wake after " + idle +
+                               " idle, doorbells via io_uring: p50 <= 2x and p99 <= 3x a thread "
+                               "blocked in semop",
+                           "p50 " + bench::fmt(s.p50) + " us (" + bench::ratio_text(r50) +
+                               "), p99 " + bench::fmt(s.p99) + " us (" + bench::ratio_text(r99) +
+                               ")",
+                           r50 <= 2.0 && r99 <= 3.0);
+            }
             if (modes[m].id == "async_default") {
                 const double limit =
                     static_cast<double>(modes[m].backoff.max_sleep.count()) + 200.0;
@@ -703,6 +802,7 @@ struct idle_row {
     int waits;
     int sets;
     named_backoff backoff;
+    std::string mode = "polling";
 };
 
 struct idle_result {
@@ -728,6 +828,7 @@ idle_result measure_idle(const idle_row& row, double settle, double seconds) {
         throw std::system_error(errno, std::generic_category(), "pipe");
     bench::child worker([&]() -> int {
         ::close(fds[0]);
+        ::setenv("SYSV_WAIT_MODE", row.mode.c_str(), 1);
         asio::io_context io;
         auto work = asio::make_work_guard(io);
         std::vector<sysv::async_semaphore_set> async_sets;
@@ -806,6 +907,19 @@ void run_idle(bench::context& ctx) {
         rows.push_back(
             {"waits_10000_" + all_backoffs[b].id, "10000 on 1 set", 10000, 1, all_backoffs[b]});
     }
+    // Doorbells with the long backstop (every releaser uses the library): polls once a second.
+    const named_backoff library{"library", "library_releasers()",
+                                sysv::backoff::library_releasers()};
+    for (const std::string mode : {"io_uring", "thread"}) {
+        if (!mode_available(mode))
+            continue;
+        const std::string via = mode == "io_uring" ? "io_uring" : "helper thread";
+        rows.push_back({"doorbell_" + mode + "_waits_1", "1 on 1 set, doorbells via " + via, 1, 1,
+                        library, mode});
+        rows.push_back({"doorbell_" + mode + "_waits_10000_sets_1000",
+                        "10000 on 1000 sets (10 each), doorbells via " + via, 10000, 1000, library,
+                        mode});
+    }
     std::erase_if(rows, [&](const idle_row& r) { return !opt.wants(r.id); });
     if (rows.empty())
         return;
@@ -860,6 +974,14 @@ void run_idle(bench::context& ctx) {
         if (rows[i].id == "waits_10000")
             ctx.target("idle cost, 10000 pending waits on one thread <= 10% of a core",
                        bench::fmt(c, 2) + "%", c <= 10.0);
+        if (rows[i].id == "doorbell_io_uring_waits_1")
+            ctx.target("idle cost, 1 wait, doorbells via io_uring, library_releasers() <= 0.1% of "
+                       "a core",
+                       bench::fmt(c, 3) + "%", c <= 0.1);
+        if (rows[i].id == "doorbell_io_uring_waits_10000_sets_1000")
+            ctx.target("idle cost, 10000 waits on 1000 sets, doorbells via io_uring, "
+                       "library_releasers() <= 1% of a core",
+                       bench::fmt(c, 3) + "%", c <= 1.0);
     }
     ctx.print("Idle cost of pending waits (one io_context thread)", t,
               "Each row runs in a fresh process: the waits (plain callbacks, no coroutine frames) "
@@ -1105,10 +1227,125 @@ void run_mutex(bench::context& ctx) {
                   " runs. A share of 50% is perfectly fair; 0% is starvation.");
 }
 
+// =============================================================================================
+// 5. Cost of ringing a doorbell
+// =============================================================================================
+
+/// ns per release+acquire pair (try_apply, never blocking) in a fresh process: with doorbells
+/// off (SYSV_DOORBELL_KEY=off), on, or on while another process sleeps on the set's doorbell.
+double ring_pair_ns(int id, bool doorbells, long n) {
+    int fds[2];
+    if (::pipe(fds) == -1)
+        throw std::system_error(errno, std::generic_category(), "pipe");
+    bench::child measuring([&]() -> int {
+        ::close(fds[0]);
+        if (!doorbells)
+            ::setenv("SYSV_DOORBELL_KEY", "off", 1);
+        auto set = sysv::semaphore_set::open_id(id);
+        for (long i = 0; i < n / 10; ++i) { // warm up
+            set.try_apply(sysv::op::release(0));
+            set.try_apply(sysv::op::acquire(0));
+        }
+        const auto start = now_ns();
+        for (long i = 0; i < n; ++i) {
+            set.try_apply(sysv::op::release(0)); // rings "up"
+            set.try_apply(sysv::op::acquire(0)); // rings "zero"
+        }
+        const double ns = static_cast<double>(now_ns() - start) / static_cast<double>(n);
+        return ::write(fds[1], &ns, sizeof ns) == sizeof ns ? 0 : 1;
+    });
+    ::close(fds[1]);
+    double ns = std::nan("");
+    if (::read(fds[0], &ns, sizeof ns) != sizeof ns)
+        ns = std::nan("");
+    ::close(fds[0]);
+    measuring.join("doorbell ring cost");
+    return ns;
+}
+
+void run_doorbell_cost(bench::context& ctx) {
+    const auto& opt = ctx.opt;
+    const int runs = opt.runs_or(5, 1);
+    const long n = opt.rounds_or(200000, 20000);
+    if (!mode_available("io_uring") && !mode_available("thread")) {
+        ctx.progress("no doorbell mode available here: section skipped");
+        return;
+    }
+    owned_set set{0, 0};
+    const int id = set.id();
+    struct row {
+        std::string id, label;
+        bool doorbells, sleeper;
+    };
+    std::vector<row> rows{
+        {"off", "doorbells off (SYSV_DOORBELL_KEY=off) [baseline]", false, false},
+        {"on_no_sleeper", "doorbells on, nobody sleeps on the set", true, false},
+        {"on_sleeper", "doorbells on, another process sleeps on the set's doorbell", true, true},
+    };
+    std::erase_if(rows, [&](const row& r) { return !opt.wants("ring_" + r.id); });
+    if (rows.empty())
+        return;
+    ctx.progress(std::to_string(runs) + " runs x " + std::to_string(n) +
+                 " release+acquire pairs per row");
+    std::vector<std::vector<double>> pair_ns(rows.size());
+    for (int run = 0; run < runs; ++run)
+        for (std::size_t k = 0; k < rows.size(); ++k) {
+            const std::size_t i = (k + static_cast<std::size_t>(run)) % rows.size();
+            bench::watchdog(120, rows[i].label.c_str());
+            std::optional<bench::child> sleeper;
+            if (rows[i].sleeper) {
+                // Waits on semaphore 1 (never released) of the same set: every release of
+                // semaphore 0 rings the word it sleeps on, wakes it, and it sleeps again.
+                sleeper.emplace([id]() -> int {
+                    asio::io_context io;
+                    sysv::async_semaphore_set s(io, sysv::semaphore_set::open_id(id),
+                                                sysv::backoff::library_releasers());
+                    s.async_acquire(1, [](sysv::error_code) {});
+                    io.run_for(std::chrono::seconds(60));
+                    return 0;
+                });
+                std::this_thread::sleep_for(std::chrono::milliseconds(100)); // asleep by now
+            }
+            const double ns = ring_pair_ns(id, rows[i].doorbells, n);
+            if (sleeper) {
+                ::kill(sleeper->pid(), SIGKILL);
+                try {
+                    sleeper->join("doorbell sleeper");
+                } catch (const std::exception&) { // killed on purpose
+                }
+            }
+            pair_ns[i].push_back(ns);
+            ctx.record("ring_" + rows[i].id, "ns_per_release_acquire_pair", ns, "ns",
+                       std::to_string(run + 1));
+        }
+    bench::watchdog(0, nullptr);
+    bench::table t(
+        {"releaser", "ns per release + acquire", "extra ns per operation", "ratio to baseline"});
+    const double base = rows.front().id == "off" ? bench::median(pair_ns[0]) : std::nan("");
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+        const double m = bench::median(pair_ns[i]);
+        const double extra = (m - base) / 2.0;
+        t.add({rows[i].label, bench::fmt(m, 0), i == 0 ? "-" : bench::fmt(extra, 0),
+               bench::ratio_text(ratio(m, base))});
+        ctx.record("ring_" + rows[i].id, "ns_per_release_acquire_pair", m, "ns");
+        ctx.record("ring_" + rows[i].id, "extra_ns_per_operation", extra, "ns");
+    }
+    ctx.print("Cost of ringing a doorbell (one process applying, try_apply)", t,
+              "Each row runs in a fresh process: " + std::to_string(n) +
+                  " pairs of try_apply(release(0)) and try_apply(acquire(0)) on one set; the "
+                  "release rings the set's \"up\" word, the acquire its \"zero\" word. Extra ns "
+                  "per operation = (row - baseline) / 2. With a sleeper, each release whose word "
+                  "was marked also makes a FUTEX_WAKE (the sleeper wakes, finds nothing, marks "
+                  "the word again). Median of " +
+                  std::to_string(runs) + " runs, rows interleaved.");
+}
+
 const bench::registrar pingpong_section{
     {"pingpong", 10, "1. Ping-pong round trip between two processes", &run_pingpong}};
 const bench::registrar wake_section{{"wake", 20, "2. Wake latency after idle", &run_wake}};
 const bench::registrar idle_section{{"idle", 30, "3. Idle cost of pending waits", &run_idle}};
 const bench::registrar mutex_section{{"mutex", 40, "4. Mutex", &run_mutex}};
+const bench::registrar doorbell_section{
+    {"doorbell", 45, "5. Cost of ringing a doorbell", &run_doorbell_cost}};
 
 } // namespace
