@@ -30,6 +30,8 @@ EVENTS = [
     ("syscalls:sys_enter_write", "write"),
     ("syscalls:sys_enter_recvmsg", "recvmsg"),
     ("syscalls:sys_enter_sendmsg", "sendmsg"),
+    ("syscalls:sys_enter_futex", "futex"),
+    ("syscalls:sys_enter_io_uring_enter", "io_uring_enter"),
     ("context-switches", "context switches"),
 ]
 
@@ -92,7 +94,7 @@ def main():
     results = []
     for where, suffix in (("two", "@2cpus"), ("one", "@1cpu")):
         for row in ["blocking", "busy_poll", "async_default", "async_latency", "async_cpu",
-                    "socket"]:
+                    "socket", "doorbell_io_uring", "doorbell_thread"]:
             n, n_short = rounds, short_rounds
             if where == "one":
                 if row == "busy_poll":
@@ -113,7 +115,9 @@ def main():
     # Idle: per second of idle time, one process.
     short, long_ = (0.5, 1.5) if args.quick else (1.0, 4.0)
     results = []
-    for row in ["none", "waits_1", "waits_1_latency", "waits_1_cpu", "waits_10000", "sets_1000"]:
+    for row in ["none", "waits_1", "waits_1_latency", "waits_1_cpu", "waits_10000", "sets_1000",
+                "doorbell_io_uring_waits_1", "doorbell_io_uring_waits_10000_sets_1000",
+                "doorbell_thread_waits_1"]:
         a, _ = perf_counts(binary, ["--section", "idle", "--row", row, "--runs", "1",
                                     "--seconds", str(short)])
         b, rows = perf_counts(binary, ["--section", "idle", "--row", row, "--runs", "1",
