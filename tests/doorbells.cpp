@@ -333,47 +333,47 @@ BOOST_AUTO_TEST_CASE(ten_thousand_waits_on_a_thousand_sets_are_all_woken) {
     }
 }
 
-BOOST_AUTO_TEST_CASE(a_forked_child_gets_its_own_ring_and_the_parent_keeps_its_own) {
-    if (best_mode() != sysv::wake_mode::io_uring)
-        return; // only io_uring has a ring per context
-    sysv_test::ipc_guard guard;
-    auto raw = sysv::semaphore_set::create(sysv::key::private_key(), {0, 0});
-    guard.semaphores(raw);
-    const int id = raw.id();
-    in_mode("io_uring", [id] {
-        asio::io_context io;
-        sysv::async_semaphore_set set(io, sysv::semaphore_set::open_id(id), doorbell_only());
-        bool parent_woken = false;
-        set.async_acquire(0, [&](error_code ec) { parent_woken = !ec; });
-        io.run_for(100ms); // asleep on its doorbell: the ring exists and has a request armed
-        SYSV_CHILD_CHECK(sysv::wake_mode_of(io) == sysv::wake_mode::io_uring);
-        sysv_test::child forked([&] {
-            // The inherited context, told of the fork, and a fresh one: both wait through rings
-            // of this process, not the parent's.
-            io.notify_fork(asio::execution_context::fork_child);
-            asio::io_context fresh;
-            sysv::async_semaphore_set mine(fresh, sysv::semaphore_set::open_id(id),
-                                           doorbell_only());
-            bool woken = false;
-            mine.async_acquire(1, [&](error_code ec) { woken = !ec; });
-            SYSV_CHILD_CHECK(sysv::wake_mode_of(fresh) == sysv::wake_mode::io_uring);
-            sysv_test::child releaser([id] {
-                std::this_thread::sleep_for(100ms);
-                sysv::semaphore_set::open_id(id).apply(sysv::op::release(1));
-                return 0;
+BOOST_AUTO_TEST_CASE(a_forked_child_gets_its_own_ring_or_thread_and_the_parent_keeps_its_own) {
+    for (const char* mode : doorbell_modes()) {
+        sysv_test::ipc_guard guard;
+        auto raw = sysv::semaphore_set::create(sysv::key::private_key(), {0, 0});
+        guard.semaphores(raw);
+        const int id = raw.id();
+        in_mode(mode, [id] {
+            asio::io_context io;
+            sysv::async_semaphore_set set(io, sysv::semaphore_set::open_id(id), doorbell_only());
+            bool parent_woken = false;
+            set.async_acquire(0, [&](error_code ec) { parent_woken = !ec; });
+            io.run_for(100ms); // asleep on its doorbell: a ring (or the helper thread) is armed
+            const auto mode_before = sysv::wake_mode_of(io);
+            sysv_test::child forked([&] {
+                // The inherited context, told of the fork, and a fresh one: both wait through
+                // a ring (or helper thread) of this process, not the parent's.
+                io.notify_fork(asio::execution_context::fork_child);
+                asio::io_context fresh;
+                sysv::async_semaphore_set mine(fresh, sysv::semaphore_set::open_id(id),
+                                               doorbell_only());
+                bool woken = false;
+                mine.async_acquire(1, [&](error_code ec) { woken = !ec; });
+                SYSV_CHILD_CHECK(sysv::wake_mode_of(fresh) == mode_before);
+                sysv_test::child releaser([id] {
+                    std::this_thread::sleep_for(100ms);
+                    sysv::semaphore_set::open_id(id).apply(sysv::op::release(1));
+                    return 0;
+                });
+                const int rc = run_until_done(fresh);
+                SYSV_CHILD_CHECK(releaser.wait().exited_with(0));
+                SYSV_CHILD_CHECK(woken);
+                // Then wake the parent, whose ring (or thread) the child never touched.
+                sysv::semaphore_set::open_id(id).apply(sysv::op::release(0));
+                return rc;
             });
-            const int rc = run_until_done(fresh);
-            SYSV_CHILD_CHECK(releaser.wait().exited_with(0));
-            SYSV_CHILD_CHECK(woken);
-            // Then wake the parent, whose ring the child never touched.
-            sysv::semaphore_set::open_id(id).apply(sysv::op::release(0));
-            return rc;
+            SYSV_CHILD_CHECK(forked.wait_for(60s).exited_with(0));
+            SYSV_CHILD_CHECK(run_until_done(io) == 0);
+            SYSV_CHILD_CHECK(parent_woken);
+            return 0;
         });
-        SYSV_CHILD_CHECK(forked.wait_for(60s).exited_with(0));
-        SYSV_CHILD_CHECK(run_until_done(io) == 0);
-        SYSV_CHILD_CHECK(parent_woken);
-        return 0;
-    });
+    }
 }
 
 BOOST_AUTO_TEST_SUITE_END()

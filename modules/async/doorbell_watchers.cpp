@@ -18,6 +18,7 @@ module;
 
 #include <linux/futex.h>
 #include <linux/io_uring.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -393,7 +394,14 @@ namespace {
 class thread_hub {
 public:
     static thread_hub& instance() {
-        static thread_hub* hub = new thread_hub; // never destroyed: the thread outlives main()
+        static thread_hub* hub = [] {
+            auto* h = new thread_hub; // never destroyed: the thread outlives main()
+            // fork() while the thread holds the lock would leave it locked in the child forever:
+            // hold it across fork, and let the child start afresh.
+            ::pthread_atfork([] { h_->mutex_.lock(); }, [] { h_->mutex_.unlock(); },
+                             [] { h_->mutex_.unlock(); });
+            return h;
+        }();
         return *hub;
     }
 
@@ -423,6 +431,9 @@ public:
     }
 
 private:
+    thread_hub() { h_ = this; }
+    static inline thread_hub* h_ = nullptr;
+
     struct entry {
         asio::any_io_executor executor;
         std::vector<watched_word> words;
