@@ -1092,10 +1092,11 @@ BOOST_AUTO_TEST_CASE(objects_left_by_a_killed_server_are_replaced_by_the_next_on
     const std::string key_file = fresh_key_file(guard);
     std::vector<pid_t> workers;
     {
-        process crashed({"--workers", "2", "--key-file", key_file});
+        process crashed({"--workers", "2", "--key-file", key_file}, key_file);
         const int port = crashed.port();
         BOOST_TEST(get(port, "/hit/a").status == 200);
-        for (const auto& w : get_stats(port)["workers"])
+        const auto stats = get_stats(port);
+        for (const auto& w : stats["workers"])
             workers.push_back(w["pid"].get<pid_t>());
         crashed.signal(SIGKILL);
         BOOST_TEST(crashed.wait_exit() == 128 + SIGKILL);
@@ -1105,7 +1106,6 @@ BOOST_AUTO_TEST_CASE(objects_left_by_a_killed_server_are_replaced_by_the_next_on
                                 [](pid_t w) { return ::kill(w, 0) == 0; });
         }));
         BOOST_TEST(!objects_gone(key_file)); // the master could not remove them
-        // (the process object's destructor would remove them: move on while it lives)
         process next({"--workers", "1", "--key-file", key_file}, key_file);
         const int next_port = next.port();
         BOOST_TEST(next.wait_for("left at key"));
@@ -1117,6 +1117,31 @@ BOOST_AUTO_TEST_CASE(objects_left_by_a_killed_server_are_replaced_by_the_next_on
         BOOST_TEST(next.wait_exit() == 0);
     }
     BOOST_TEST(objects_gone(key_file));
+}
+
+BOOST_AUTO_TEST_CASE(a_full_table_answers_507_and_keeps_counting_known_names) {
+    sysv_test::ipc_guard guard;
+    server s(guard, {"--workers", "1", "--max-counters", "2"});
+    BOOST_TEST(get(s.port, "/hit/a").body == "1\n");
+    BOOST_TEST(get(s.port, "/hit/b").body == "1\n");
+    const reply full = get(s.port, "/hit/c");
+    BOOST_TEST(full.status == 507);
+    BOOST_TEST(full.body.find("the counter table is full (2 names") != std::string::npos);
+    BOOST_TEST(get(s.port, "/hit/a").body == "2\n");
+    BOOST_TEST(get_stats(s.port)["counters"].size() == 2u);
+    s.proc.signal(SIGTERM);
+    BOOST_TEST(s.proc.wait_exit() == 0);
+}
+
+BOOST_AUTO_TEST_CASE(removing_the_objects_under_a_running_server_stops_it_with_an_error) {
+    sysv_test::ipc_guard guard;
+    server s(guard, {"--workers", "2"});
+    BOOST_TEST(get(s.port, "/hit/a").status == 200);
+    // As `ipcrm -s` would (the objects are this test's: its server made them at its key).
+    BOOST_REQUIRE(::semctl(s.proc.set_id(), 0, IPC_RMID) == 0);
+    BOOST_TEST(s.proc.wait_exit() == 1);
+    BOOST_TEST(s.proc.output().find("was removed") != std::string::npos, s.proc.output());
+    BOOST_TEST(objects_gone(s.key_file)); // the segment went with it
 }
 
 BOOST_AUTO_TEST_CASE(the_rate_limit_is_shared_by_all_workers) {
