@@ -4,18 +4,23 @@ the cross-process sysv::mutex, against the same server counting in each worker's
 (--per-process-counters), with 1 and 2 workers, side by side in one run.
 
     benchmarks/server_bench.py [--binary build/release/examples/shared_stats_server]
-                               [--rounds 5] [--duration 10] [--connections 64] [--quick]
+                               [--rounds 10] [--duration 3] [--connections 64] [--quick]
 
-Each round starts a fresh server per configuration (in a rotating order, so no configuration
-always runs first or last), warms it up for 1 s, then runs `wrk -t1 -c<connections> -d<duration>
---latency`. It reports per configuration the median over rounds of requests/s, p50 and p99
-latency, and the ratios the targets are about: shared / per-process throughput (target >= 0.85)
-and p99 (target <= 2x) at the same worker count, and 2 workers / 1 worker. It also reports what
-the servers measured themselves in /stats: how many lock acquisitions had to wait, how long they
-waited and how long the lock was held. Every shared run is checked: the counter must equal the
-responses wrk received, up to the requests wrk cut off at the end of a run (at most one per
-connection per wrk run). Every server gets its own key file in a temporary directory and is
-stopped with SIGTERM, which must remove its System V objects (checked).
+Every configuration's server is started once (each with its own key file in a temporary
+directory) and warmed up; then each round runs `wrk -t1 -c<connections> -d<duration> --latency`
+against every server in turn, in a rotating order. Ratios are taken within a round (shared /
+per-process at the same worker count, 2 workers / 1 worker), so a change of machine load between
+rounds affects both sides, and the table shows their median over rounds: throughput (target:
+shared >= 0.85 of per-process) and p99 latency (target: within 2x). Each run also records how
+much CPU processes other than the servers and wrk used meanwhile, and is repeated (after 2 s, up
+to 5 times) while that is above --max-others percent of a core: a busy machine makes every
+number noisier.
+
+The servers measure their lock themselves (/stats): how many acquisitions found it held by the
+other worker, how many of those had to co_await it after spinning, how long they waited, how
+long it was held. At the end every shared server's counter must equal the responses wrk got
+(up to the requests wrk cut off at the end of each run, at most one per connection), and every
+server must stop cleanly on SIGTERM and remove its System V objects.
 
 Needs wrk (Debian: wrk) and a release build: cmake --preset release && cmake --build --preset
 release --target shared_stats_server.
@@ -24,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -33,39 +39,53 @@ import time
 import urllib.request
 
 CONFIGS = [
-    # (label, workers, extra options)
-    ("per-process counters, 1 worker", 1, ["--per-process-counters"]),
-    ("shared counter, 1 worker", 1, []),
-    ("per-process counters, 2 workers", 2, ["--per-process-counters"]),
-    ("shared counter, 2 workers", 2, []),
-    ("shared counter, 2 workers, no spinning (co_await at once)", 2, ["--lock-spin", "0"]),
-    ("shared counter, 2 workers, no spinning, latency_tuned backoff", 2,
+    # (key, label, workers, extra options)
+    ("pp1", "per-process counters, 1 worker", 1, ["--per-process-counters"]),
+    ("sh1", "shared counter, 1 worker", 1, []),
+    ("pp2", "per-process counters, 2 workers", 2, ["--per-process-counters"]),
+    ("sh2", "shared counter, 2 workers", 2, []),
+    ("sh2-nospin", "shared counter, 2 workers, no spinning (co_await at once)", 2,
+     ["--lock-spin", "0"]),
+    ("sh2-nospin-lat", "shared counter, 2 workers, no spinning, latency_tuned backoff", 2,
      ["--lock-spin", "0", "--lock-backoff", "latency"]),
 ]
-# The 1-worker row each 2-worker row is compared with.
-SCALING = {CONFIGS[2][0]: CONFIGS[0][0], CONFIGS[3][0]: CONFIGS[1][0]}
+# Each row's baseline for the shared / per-process ratios, and for 2 workers / 1 worker.
+BASELINE = {"sh1": "pp1", "sh2": "pp2", "sh2-nospin": "pp2", "sh2-nospin-lat": "pp2"}
+SCALING = {"pp2": "pp1", "sh2": "sh1"}
 
 
-def ms(value, unit):
+def to_ms(value, unit):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
 def parse_wrk(text):
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-    total = int(re.search(r"(\d+) requests in", text).group(1))
+    latency = {p: to_ms(v, u)
+               for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)}
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
                        text)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    lat = {p: ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", text,
-                                                    re.M)}
-    return {"rps": rps, "total": total, "p50": lat["50"], "p99": lat["99"],
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+            "total": int(re.search(r"(\d+) requests in", text).group(1)),
+            "p50": latency["50"], "p99": latency["99"],
             "errors": sum(int(g) for g in errors.groups()) if errors else 0,
             "non2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
+def cpu_jiffies(pid):
+    """utime + stime of a process, in clock ticks."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def busy_jiffies():
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:8]]
+    return sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+
+
 class Server:
     def __init__(self, binary, workers, extra, key_file):
-        self.key_file = key_file
         self.proc = subprocess.Popen(
             [binary, "--workers", str(workers), "--key-file", key_file] + extra,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -74,12 +94,16 @@ class Server:
         if not match:
             self.proc.kill()
             sys.exit("server did not start: " + line + self.proc.stdout.read())
-        self.port = int(match.group(1))
-        self.url = "http://127.0.0.1:%d" % self.port
+        self.url = "http://127.0.0.1:%s" % match.group(1)
+        self.answered = 0  # responses wrk received
+        self.runs = 0
 
     def stats(self):
         with urllib.request.urlopen(self.url + "/stats", timeout=10) as r:
             return json.load(r)
+
+    def pids(self):
+        return [self.proc.pid] + [w["pid"] for w in self.stats()["workers"]]
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -90,105 +114,135 @@ class Server:
             sys.exit("a worker died during the run:\n" + out)
 
 
-def wrk(url, connections, duration):
-    out = subprocess.run(["wrk", "-t1", "-c%d" % connections, "-d%ds" % duration, "--latency",
-                          url + "/hit/x"], check=True, capture_output=True, text=True).stdout
-    return parse_wrk(out)
+def wrk(server, connections, duration):
+    """One wrk run; also measures the CPU that everything else on the machine used meanwhile."""
+    pids = server.pids()
+    ours_before = sum(cpu_jiffies(p) for p in pids)
+    busy_before = busy_jiffies()
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_proc = subprocess.run(["wrk", "-t1", "-c%d" % connections, "-d%ds" % duration,
+                               "--latency", server.url + "/hit/x"],
+                              check=True, capture_output=True, text=True)
+    busy = busy_jiffies() - busy_before
+    ours = sum(cpu_jiffies(p) for p in pids) - ours_before
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, reaped by now
+    wrk_seconds = (children.ru_utime + children.ru_stime - children_before.ru_utime -
+                   children_before.ru_stime)
+    run = parse_wrk(wrk_proc.stdout)
+    if run["errors"] or run["non2xx"]:
+        sys.exit("wrk saw %d socket errors and %d non-2xx responses:\n%s" %
+                 (run["errors"], run["non2xx"], wrk_proc.stdout))
+    hz = os.sysconf("SC_CLK_TCK")
+    run["server_cpu"] = 100.0 * ours / hz / duration
+    run["wrk_cpu"] = 100.0 * wrk_seconds / duration
+    run["others_cpu"] = max(0.0, 100.0 * busy / hz / duration - run["server_cpu"] -
+                            run["wrk_cpu"])
+    server.answered += run["total"]
+    server.runs += 1
+    return run
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary", default="build/release/examples/shared_stats_server")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--quick", action="store_true", help="1 round of 2 s (smoke test)")
+    parser.add_argument("--max-others", type=float, default=25.0,
+                        help="repeat a run (up to 5 times) while processes other than the "
+                             "servers and wrk use more than this %% of a core")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 1 s (smoke test)")
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.duration = 1, 2
+        args.rounds, args.duration = 2, 1
     if not os.access(args.binary, os.X_OK):
         sys.exit("%s not found: cmake --preset release && cmake --build --preset release "
                  "--target shared_stats_server" % args.binary)
+    subprocess.run(["wrk", "--version"], capture_output=True)  # fails early if missing
 
-    results = {label: [] for label, _, _ in CONFIGS}
+    runs = {key: [] for key, _, _, _ in CONFIGS}
+    repeated = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for round_index in range(args.rounds):
-            order = CONFIGS[round_index % len(CONFIGS):] + CONFIGS[:round_index % len(CONFIGS)]
-            for label, workers, extra in order:
-                key_file = os.path.join(tmp, "key-%d-%d" % (round_index, workers))
+        servers = {}
+        try:
+            for key, _, workers, extra in CONFIGS:
+                key_file = os.path.join(tmp, key)
                 open(key_file, "w").close()
-                server = Server(args.binary, workers, extra, key_file)
-                warm = wrk(server.url, args.connections, 1)
-                with open("/proc/loadavg") as f:
-                    load_before = f.read().split()[0]
-                run = wrk(server.url, args.connections, args.duration)
-                stats = server.stats()
-                server.stop()
-                run["load"] = load_before
-                if run["errors"] or run["non2xx"]:
-                    sys.exit("%s: wrk saw %d socket errors and %d non-2xx responses" %
-                             (label, run["errors"], run["non2xx"]))
-                locks = [w["lock"] for w in stats["workers"]]
-                acquired = sum(l["acquired"] for l in locks)
-                contended = sum(l["contended"] for l in locks)
-                awaited = sum(l["awaited"] for l in locks)
-                run["awaited_pct"] = 100.0 * awaited / acquired if acquired else 0.0
-                run["acquired"] = acquired
-                run["contended_pct"] = 100.0 * contended / acquired if acquired else 0.0
-                run["wait_us"] = (sum(l["wait_ns_total"] for l in locks) / contended / 1000
-                                  if contended else 0.0)
-                run["wait_max_ms"] = max(l["wait_ns_max"] for l in locks) / 1e6
-                run["hold_us"] = (sum(l["hold_ns_total"] for l in locks) / acquired / 1000
-                                  if acquired else 0.0)
-                run["share"] = "/".join(str(w["requests"]) for w in stats["workers"])
-                if stats["mode"] == "shared":
-                    counted = stats["counters"]["x"]
-                    answered = warm["total"] + run["total"]
-                    cut_off = counted - answered
-                    if not 0 <= cut_off <= 2 * args.connections:
-                        sys.exit("%s: the counter is %d but wrk got %d responses" %
-                                 (label, counted, answered))
-                results[label].append(run)
-                print("round %d %-62s %7.0f req/s  p50 %5.2f ms  p99 %6.2f ms  busy %5.2f%%"
-                      "  co_await %5.2f%%  wait %7.1f us  hold %5.2f us  per worker %s  load %s" %
-                      (round_index + 1, label, run["rps"], run["p50"], run["p99"],
-                       run["contended_pct"], run["awaited_pct"], run["wait_us"], run["hold_us"],
-                       run["share"], run["load"]), file=sys.stderr, flush=True)
+                servers[key] = Server(args.binary, workers, extra, key_file)
+            for key in servers:
+                wrk(servers[key], args.connections, 1)  # warm-up
+            for r in range(args.rounds):
+                order = CONFIGS[r % len(CONFIGS):] + CONFIGS[:r % len(CONFIGS)]
+                for key, label, _, _ in order:
+                    for attempt in range(6):
+                        run = wrk(servers[key], args.connections, args.duration)
+                        if run["others_cpu"] <= args.max_others or attempt == 5:
+                            break
+                        repeated += 1
+                        print("round %2d %-62s repeated: other processes used %.0f%% of a core"
+                              % (r + 1, label, run["others_cpu"]), file=sys.stderr, flush=True)
+                        time.sleep(2)
+                    runs[key].append(run)
+                    print("round %2d %-62s %7.0f req/s  p50 %5.2f ms  p99 %6.2f ms  "
+                          "CPU: servers %3.0f%%, wrk %3.0f%%, others %3.0f%%" %
+                          (r + 1, label, run["rps"], run["p50"], run["p99"], run["server_cpu"],
+                           run["wrk_cpu"], run["others_cpu"]),
+                          file=sys.stderr, flush=True)
+            stats = {key: s.stats() for key, s in servers.items()}
+        finally:
+            for s in servers.values():
+                if s.proc.poll() is None:
+                    s.stop()
+        for key, s in servers.items():
+            if stats[key]["mode"] == "shared":
+                counted = stats[key]["counters"]["x"]
+                cut_off = counted - s.answered
+                if not 0 <= cut_off <= s.runs * args.connections:
+                    sys.exit("%s: the counter is %d but wrk got %d responses" %
+                             (key, counted, s.answered))
 
-    med = {label: {k: statistics.median(r[k] for r in runs)
-                   for k in ("rps", "p50", "p99", "contended_pct", "awaited_pct", "wait_us",
-                             "hold_us", "wait_max_ms")}
-           for label, runs in results.items()}
-    baseline = {1: med[CONFIGS[0][0]], 2: med[CONFIGS[2][0]]}
+    def median_ratio(key, base, field):
+        return statistics.median(a[field] / b[field] for a, b in zip(runs[key], runs[base]))
 
     print("| configuration | requests/s | p50 (ms) | p99 (ms) | throughput / per-process "
           "| p99 / per-process | 2 workers / 1 worker | lock busy | co_await | mean wait (us) "
-          "| max wait (ms) | mean hold (us) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for label, workers, extra in CONFIGS:
-        m = med[label]
-        shared = "--per-process-counters" not in extra
-        b = baseline[workers]
-        scaling = ("%.2fx" % (m["rps"] / med[SCALING[label]]["rps"])
-                   if label in SCALING else "")
-        print("| %s | %.0f | %.2f | %.2f | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            label, m["rps"], m["p50"], m["p99"],
-            "%.3f" % (m["rps"] / b["rps"]) if shared else "1 (baseline)",
-            "%.2fx" % (m["p99"] / b["p99"]) if shared else "1 (baseline)",
-            scaling,
-            "%.2f%%" % m["contended_pct"] if shared else "-",
-            "%.2f%%" % m["awaited_pct"] if shared else "-",
-            "%.0f" % m["wait_us"] if shared else "-",
-            "%.1f" % m["wait_max_ms"] if shared else "-",
-            "%.2f" % m["hold_us"] if shared else "-"))
+          "| max wait (ms) | mean hold (us) | semops per request (us) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for key, label, _, _ in CONFIGS:
+        med = {f: statistics.median(r[f] for r in runs[key]) for f in ("rps", "p50", "p99")}
+        locks = [w["lock"] for w in stats[key]["workers"]]
+        acquired = sum(l["acquired"] for l in locks)
+        busy = sum(l["contended"] for l in locks)
+        awaited = sum(l["awaited"] for l in locks)
+        shared = key in BASELINE
+        cells = [label, "%.0f" % med["rps"], "%.2f" % med["p50"], "%.2f" % med["p99"],
+                 "%.3f" % median_ratio(key, BASELINE[key], "rps") if shared else "1 (baseline)",
+                 "%.2fx" % median_ratio(key, BASELINE[key], "p99") if shared else "1 (baseline)",
+                 "%.2fx" % median_ratio(key, SCALING[key], "rps") if key in SCALING else ""]
+        if shared:
+            cells += ["%.2f%%" % (100.0 * busy / acquired), "%.2f%%" % (100.0 * awaited / acquired),
+                      "%.0f" % (sum(l["wait_ns_total"] for l in locks) / busy / 1000
+                                if busy else 0.0),
+                      "%.1f" % (max(l["wait_ns_max"] for l in locks) / 1e6),
+                      "%.2f" % (sum(l["hold_ns_total"] for l in locks) / acquired / 1000),
+                      "%.2f" % (sum(l["semop_ns_total"] for l in locks) / acquired / 1000)]
+        else:
+            cells += ["-"] * 6
+        print("| " + " | ".join(cells) + " |")
+    others = [r["others_cpu"] for rs in runs.values() for r in rs]
     print()
-    print("%d rounds x %d s of wrk -t1 -c%d per configuration (after 1 s of warm-up), "
-          "configurations interleaved; medians over rounds. Lock columns: what the workers "
-          "measured (/stats): the share of acquisitions whose first try_lock failed (busy), "
-          "the share that had to co_await after spinning, the mean and longest wait of the busy "
-          "ones, and the mean time from acquisition to unlock." %
-          (args.rounds, args.duration, args.connections))
+    print("%d rounds x %d s of wrk -t1 -c%d per configuration, configurations interleaved; "
+          "requests/s and latencies: median over rounds; ratios: median over rounds of the ratio "
+          "within the round. Lock columns, as the workers measured them over the whole run "
+          "(/stats): the share of acquisitions whose first try_lock found the lock held, the "
+          "share that then had to co_await it, the mean and longest wait of those, the mean time "
+          "from acquisition to unlock, and the mean time spent in the two semops that took and "
+          "released it. Meanwhile processes other than the servers and wrk used "
+          "%.0f%% of a core on average (at most %.0f%% during one run; %d runs were repeated "
+          "because they used more than %.0f%%)." %
+          (args.rounds, args.duration, args.connections, statistics.mean(others), max(others),
+           repeated, args.max_others))
 
 
 if __name__ == "__main__":

@@ -773,9 +773,9 @@ BOOST_AUTO_TEST_CASE(worker_entries_hold_their_own_statistics) {
     t.start_worker(1, 321, 55);
     t.count_request(1, false);
     t.count_request(1, true);
-    t.count_lock(1, false, false, 0, 100);
-    t.count_lock(1, true, true, 5000, 200);
-    t.count_lock(1, true, false, 3000, 300);
+    t.count_lock(1, false, false, 0, 100, 10);
+    t.count_lock(1, true, true, 5000, 200, 20);
+    t.count_lock(1, true, false, 3000, 300, 30);
     t.set_connections(1, 4);
     t.set_restarts(1, 2);
     const auto w = t.worker(1);
@@ -789,6 +789,7 @@ BOOST_AUTO_TEST_CASE(worker_entries_hold_their_own_statistics) {
     BOOST_TEST(w.wait_ns == 8000u);
     BOOST_TEST(w.max_wait_ns == 5000u);
     BOOST_TEST(w.hold_ns == 600u);
+    BOOST_TEST(w.semop_ns == 60u);
     BOOST_TEST(w.restarts == 2u);
     BOOST_TEST(w.started_ns == 55u);
     BOOST_TEST(t.worker(0).pid == 0u);

@@ -313,16 +313,19 @@ private:
         bool awaited = false;
         std::uint64_t wait_ns = 0;
         std::uint64_t acquired_ns = 0;
+        std::uint64_t semop_ns = 0; // the successful semop (not the failed tries or the wait)
     };
     asio::awaitable<locked> lock() {
         locked l;
         const std::uint64_t start = steady_ns();
         for (unsigned attempt = 0; attempt <= cfg_.lock_spin; ++attempt) {
+            const std::uint64_t before = attempt == 0 ? start : steady_ns();
             if (mutex_.try_lock(l.ec)) {
                 l.guard = sysv::mutex::guard(&mutex_);
                 l.acquired_ns = steady_ns();
                 l.contended = attempt > 0;
                 l.wait_ns = l.contended ? l.acquired_ns - start : 0;
+                l.semop_ns = l.acquired_ns - before;
                 co_return l;
             }
             if (l.ec)
@@ -342,9 +345,11 @@ private:
     }
 
     void unlock(locked& l) {
-        const std::uint64_t hold = steady_ns() - l.acquired_ns;
+        const std::uint64_t released = steady_ns();
         l.guard.unlock();
-        table_.count_lock(slot_, l.contended, l.awaited, l.wait_ns, hold);
+        const std::uint64_t hold = released - l.acquired_ns;
+        table_.count_lock(slot_, l.contended, l.awaited, l.wait_ns, hold,
+                          l.semop_ns + (steady_ns() - released));
     }
 
     /// The response when the lock could not be taken. A removed set ends the worker.
@@ -466,7 +471,8 @@ private:
                   {"awaited", w.awaited},
                   {"wait_ns_total", w.wait_ns},
                   {"wait_ns_max", w.max_wait_ns},
-                  {"hold_ns_total", w.hold_ns}}},
+                  {"hold_ns_total", w.hold_ns},
+                  {"semop_ns_total", w.semop_ns}}},
             });
         }
         const std::uint64_t started = table_.started_ns();
