@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Load-tests shared_stats_server with wrk: GET /hit/x with the counter in the shared table under
 the cross-process sysv::mutex, against the same server counting in each worker's own memory
-(--per-process-counters), with 1 and 2 workers, side by side in one run.
+(--per-process-counters), with 1 and 2 workers, side by side in one run. The shared rows also
+come with one lock acquisition per request (--lock-per-request) instead of one per batch of the
+hits that arrive together, and without spinning before co_await (--lock-spin 0), with the
+default and the latency-tuned backoff.
 
     benchmarks/server_bench.py [--binary build/release/examples/shared_stats_server]
                                [--rounds 10] [--duration 3] [--connections 64] [--quick]
@@ -42,16 +45,19 @@ CONFIGS = [
     # (key, label, workers, extra options)
     ("pp1", "per-process counters, 1 worker", 1, ["--per-process-counters"]),
     ("sh1", "shared counter, 1 worker", 1, []),
+    ("sh1-req", "shared counter, 1 worker, a lock per request", 1, ["--lock-per-request"]),
     ("pp2", "per-process counters, 2 workers", 2, ["--per-process-counters"]),
     ("sh2", "shared counter, 2 workers", 2, []),
-    ("sh2-nospin", "shared counter, 2 workers, no spinning (co_await at once)", 2,
-     ["--lock-spin", "0"]),
-    ("sh2-nospin-lat", "shared counter, 2 workers, no spinning, latency_tuned backoff", 2,
-     ["--lock-spin", "0", "--lock-backoff", "latency"]),
+    ("sh2-req", "shared counter, 2 workers, a lock per request", 2, ["--lock-per-request"]),
+    ("sh2-req-nospin", "... and no spinning (co_await at once)", 2,
+     ["--lock-per-request", "--lock-spin", "0"]),
+    ("sh2-req-nospin-lat", "... and backoff::latency_tuned()", 2,
+     ["--lock-per-request", "--lock-spin", "0", "--lock-backoff", "latency"]),
 ]
-# Each row's baseline for the shared / per-process ratios, and for 2 workers / 1 worker.
-BASELINE = {"sh1": "pp1", "sh2": "pp2", "sh2-nospin": "pp2", "sh2-nospin-lat": "pp2"}
-SCALING = {"pp2": "pp1", "sh2": "sh1"}
+# Each shared row's baseline (per-process, same workers), and the rows compared across workers.
+BASELINE = {"sh1": "pp1", "sh1-req": "pp1", "sh2": "pp2", "sh2-req": "pp2",
+            "sh2-req-nospin": "pp2", "sh2-req-nospin-lat": "pp2"}
+SCALING = {"pp2": "pp1", "sh2": "sh1", "sh2-req": "sh1-req"}
 
 
 def to_ms(value, unit):
@@ -180,11 +186,11 @@ def main():
                         if run["others_cpu"] <= args.max_others or attempt == 5:
                             break
                         repeated += 1
-                        print("round %2d %-62s repeated: other processes used %.0f%% of a core"
+                        print("round %2d %-50s repeated: other processes used %.0f%% of a core"
                               % (r + 1, label, run["others_cpu"]), file=sys.stderr, flush=True)
                         time.sleep(2)
                     runs[key].append(run)
-                    print("round %2d %-62s %7.0f req/s  p50 %5.2f ms  p99 %6.2f ms  "
+                    print("round %2d %-50s %7.0f req/s  p50 %5.2f ms  p99 %6.2f ms  "
                           "CPU: servers %3.0f%%, wrk %3.0f%%, others %3.0f%%" %
                           (r + 1, label, run["rps"], run["p50"], run["p99"], run["server_cpu"],
                            run["wrk_cpu"], run["others_cpu"]),
@@ -207,14 +213,15 @@ def main():
 
     print("| configuration | requests/s | p50 (ms) | p99 (ms) | throughput / per-process "
           "| p99 / per-process | 2 workers / 1 worker | lock busy | co_await | mean wait (us) "
-          "| max wait (ms) | mean hold (us) | semops per request (us) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| max wait (ms) | mean hold (us) | hits per lock | lock semops per hit (us) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key, label, _, _ in CONFIGS:
         med = {f: statistics.median(r[f] for r in runs[key]) for f in ("rps", "p50", "p99")}
         locks = [w["lock"] for w in stats[key]["workers"]]
         acquired = sum(l["acquired"] for l in locks)
         busy = sum(l["contended"] for l in locks)
         awaited = sum(l["awaited"] for l in locks)
+        hits = sum(l["hits"] for l in locks)
         shared = key in BASELINE
         cells = [label, "%.0f" % med["rps"], "%.2f" % med["p50"], "%.2f" % med["p99"],
                  "%.3f" % median_ratio(key, BASELINE[key], "rps") if shared else "1 (baseline)",
@@ -226,9 +233,10 @@ def main():
                                 if busy else 0.0),
                       "%.1f" % (max(l["wait_ns_max"] for l in locks) / 1e6),
                       "%.2f" % (sum(l["hold_ns_total"] for l in locks) / acquired / 1000),
-                      "%.2f" % (sum(l["semop_ns_total"] for l in locks) / acquired / 1000)]
+                      "%.1f" % (hits / acquired),
+                      "%.2f" % (sum(l["semop_ns_total"] for l in locks) / hits / 1000)]
         else:
-            cells += ["-"] * 6
+            cells += ["-"] * 7
         print("| " + " | ".join(cells) + " |")
     others = [r["others_cpu"] for rs in runs.values() for r in rs]
     print()
@@ -237,8 +245,8 @@ def main():
           "within the round. Lock columns, as the workers measured them over the whole run "
           "(/stats): the share of acquisitions whose first try_lock found the lock held, the "
           "share that then had to co_await it, the mean and longest wait of those, the mean time "
-          "from acquisition to unlock, and the mean time spent in the two semops that took and "
-          "released it. Meanwhile processes other than the servers and wrk used "
+          "from acquisition to unlock, how many hits were applied per acquisition, and the time "
+          "spent in the two semops that took and released the lock, per hit. Meanwhile processes other than the servers and wrk used "
           "%.0f%% of a core on average (at most %.0f%% during one run; %d runs were repeated "
           "because they used more than %.0f%%)." %
           (args.rounds, args.duration, args.connections, statistics.mean(others), max(others),

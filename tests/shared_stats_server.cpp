@@ -773,9 +773,9 @@ BOOST_AUTO_TEST_CASE(worker_entries_hold_their_own_statistics) {
     t.start_worker(1, 321, 55);
     t.count_request(1, false);
     t.count_request(1, true);
-    t.count_lock(1, false, false, 0, 100, 10);
-    t.count_lock(1, true, true, 5000, 200, 20);
-    t.count_lock(1, true, false, 3000, 300, 30);
+    t.count_lock(1, false, false, 0, 100, 10, 1);
+    t.count_lock(1, true, true, 5000, 200, 20, 7);
+    t.count_lock(1, true, false, 3000, 300, 30, 0);
     t.set_connections(1, 4);
     t.set_restarts(1, 2);
     const auto w = t.worker(1);
@@ -790,6 +790,7 @@ BOOST_AUTO_TEST_CASE(worker_entries_hold_their_own_statistics) {
     BOOST_TEST(w.max_wait_ns == 5000u);
     BOOST_TEST(w.hold_ns == 600u);
     BOOST_TEST(w.semop_ns == 60u);
+    BOOST_TEST(w.hits == 8u);
     BOOST_TEST(w.restarts == 2u);
     BOOST_TEST(w.started_ns == 55u);
     BOOST_TEST(t.worker(0).pid == 0u);
@@ -805,14 +806,17 @@ BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(stats_server_load)
 
-BOOST_AUTO_TEST_CASE(stats_equal_the_successful_hits_of_64_connections_exactly) {
+/// 64 keep-alive connections x `per_connection` hits on /hit/x against 2 workers: /stats must count
+/// exactly the successful responses, and the values answered must be exactly 1..N.
+void check_exact_count(std::vector<std::string> options, int per_connection) {
     sysv_test::ipc_guard guard;
-    server s(guard, {"--workers", "2"});
-    const auto load = run_load(s.port, "/hit/x", 64, 500);
+    options.insert(options.end(), {"--workers", "2"});
+    server s(guard, options);
+    const auto load = run_load(s.port, "/hit/x", 64, per_connection);
     BOOST_TEST(load.failed == 0u);
     BOOST_TEST(load.unavailable == 0u);
     BOOST_TEST(load.other == 0u);
-    BOOST_TEST(load.ok == 64u * 500u);
+    BOOST_TEST(load.ok == 64u * static_cast<unsigned>(per_connection));
     const auto stats = get_stats(s.port);
     BOOST_TEST(stats["counters"]["x"].get<std::uint64_t>() == load.ok);
     // Every increment answered a value no other request got: exactly 1..N.
@@ -832,11 +836,23 @@ BOOST_AUTO_TEST_CASE(stats_equal_the_successful_hits_of_64_connections_exactly) 
                                          << w["lock"]);
     }
     BOOST_TEST(requests >= load.ok);
+    std::uint64_t applied = 0;
+    for (const auto& w : stats["workers"])
+        applied += w["lock"]["hits"].get<std::uint64_t>();
+    BOOST_TEST(applied == load.ok);
     BOOST_TEST(stats["repairs"].get<int>() == 0);
     BOOST_TEST(s.proc.output().find("restarting") == std::string::npos);
     s.proc.signal(SIGTERM);
     BOOST_TEST(s.proc.wait_exit() == 0);
     BOOST_TEST(objects_gone(s.key_file));
+}
+
+BOOST_AUTO_TEST_CASE(stats_equal_the_successful_hits_of_64_connections_exactly) {
+    check_exact_count({}, 500); // hits applied in batches, one lock per batch
+}
+
+BOOST_AUTO_TEST_CASE(stats_are_exact_with_one_lock_per_request_too) {
+    check_exact_count({"--lock-per-request"}, 200);
 }
 
 BOOST_AUTO_TEST_CASE(a_worker_killed_holding_the_lock_is_restarted_and_the_count_stays_exact) {

@@ -56,6 +56,7 @@ struct config {
     std::uint32_t max_clients = 4096;
     bool per_process = false;
     std::string lock_backoff = "default";
+    bool lock_per_request = false;
     unsigned lock_spin = 16;
     unsigned lock_timeout_ms = 5000;
     unsigned idle_timeout_s = 30;

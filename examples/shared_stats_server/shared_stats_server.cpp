@@ -559,6 +559,9 @@ int main(int argc, char** argv) {
                    "latency_tuned) or cpu")
         ->capture_default_str()
         ->check(CLI::IsMember({"default", "latency", "cpu"}));
+    app.add_flag("--lock-per-request", cfg.lock_per_request,
+                 "take the lock for each /hit instead of once per batch of the hits that arrive "
+                 "together");
     app.add_option("--lock-spin", cfg.lock_spin,
                    "try_lock retries before co_await-ing a lock another process holds")
         ->capture_default_str()

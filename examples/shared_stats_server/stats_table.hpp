@@ -84,7 +84,7 @@ inline constexpr std::size_t worker_pid = 0, worker_restarts = 4, worker_request
                              worker_limited = 16, worker_locks = 24, worker_contended = 32,
                              worker_wait_ns = 40, worker_hold_ns = 48, worker_max_wait_ns = 56,
                              worker_started_ns = 64, worker_connections = 72, worker_awaited = 80,
-                             worker_semop_ns = 88, worker_bytes = 128;
+                             worker_semop_ns = 88, worker_hits = 96, worker_bytes = 128;
 // A counter entry: the value, the state (0 empty, 1 used), the name's length and bytes.
 inline constexpr std::size_t counter_value = 0, counter_state = 8, counter_length = 12,
                              counter_name = 16, counter_bytes = 16 + max_name;
@@ -192,6 +192,7 @@ struct worker_stats {
     std::uint64_t contended = 0;   ///< ... that had to wait (the first try_lock failed)
     std::uint64_t awaited = 0;     ///< ... of which spinning did not get it: co_await
     std::uint64_t semop_ns = 0;    ///< total time in the semops that took and gave it back
+    std::uint64_t hits = 0;        ///< /hit requests applied under it (several per batch)
     std::uint64_t wait_ns = 0;     ///< total wait of the contended ones
     std::uint64_t hold_ns = 0;     ///< total time the lock was held
     std::uint64_t max_wait_ns = 0; ///< longest wait
@@ -388,6 +389,7 @@ public:
         w.connections = load64(e + offsets::worker_connections);
         w.awaited = load64(e + offsets::worker_awaited);
         w.semop_ns = load64(e + offsets::worker_semop_ns);
+        w.hits = load64(e + offsets::worker_hits);
         return w;
     }
 
@@ -435,9 +437,10 @@ public:
             add64(e + offsets::worker_limited, 1);
     }
     /// The worker: one lock acquisition, whether it had to wait (and co_await), how long, the
-    /// hold time, and the time spent in the semops that took the lock and gave it back.
+    /// hold time, the time spent in the semops that took the lock and gave it back, and how
+    /// many hits were applied under it.
     void count_lock(std::uint32_t slot, bool contended, bool awaited, std::uint64_t wait_ns,
-                    std::uint64_t hold_ns, std::uint64_t semop_ns) noexcept
+                    std::uint64_t hold_ns, std::uint64_t semop_ns, std::uint64_t hits) noexcept
         requires writable
     {
         if (slot >= shape_.max_workers)
@@ -446,6 +449,7 @@ public:
         add64(e + offsets::worker_locks, 1);
         add64(e + offsets::worker_hold_ns, hold_ns);
         add64(e + offsets::worker_semop_ns, semop_ns);
+        add64(e + offsets::worker_hits, hits);
         if (awaited)
             add64(e + offsets::worker_awaited, 1);
         if (contended) {
