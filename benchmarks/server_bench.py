@@ -208,15 +208,26 @@ def main():
                     sys.exit("%s: the counter is %d but wrk got %d responses" %
                              (key, counted, s.answered))
 
+    # Runs still disturbed after the repeats are left out when enough quiet ones remain.
+    def quiet(run):
+        return run["others_cpu"] <= args.max_others
+
+    def median_of(key, field):
+        chosen = [r for r in runs[key] if quiet(r)]
+        return statistics.median(r[field] for r in (chosen if len(chosen) >= 3 else runs[key]))
+
     def median_ratio(key, base, field):
-        return statistics.median(a[field] / b[field] for a, b in zip(runs[key], runs[base]))
+        pairs = list(zip(runs[key], runs[base]))
+        chosen = [(a, b) for a, b in pairs if quiet(a) and quiet(b)]
+        return statistics.median(a[field] / b[field]
+                                 for a, b in (chosen if len(chosen) >= 3 else pairs))
 
     print("| configuration | requests/s | p50 (ms) | p99 (ms) | throughput / per-process "
           "| p99 / per-process | 2 workers / 1 worker | lock busy | co_await | mean wait (us) "
           "| max wait (ms) | mean hold (us) | hits per lock | lock semops per hit (us) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key, label, _, _ in CONFIGS:
-        med = {f: statistics.median(r[f] for r in runs[key]) for f in ("rps", "p50", "p99")}
+        med = {f: median_of(key, f) for f in ("rps", "p50", "p99")}
         locks = [w["lock"] for w in stats[key]["workers"]]
         acquired = sum(l["acquired"] for l in locks)
         busy = sum(l["contended"] for l in locks)
@@ -239,6 +250,7 @@ def main():
             cells += ["-"] * 7
         print("| " + " | ".join(cells) + " |")
     others = [r["others_cpu"] for rs in runs.values() for r in rs]
+    left_out = sum(1 for rs in runs.values() for r in rs if not quiet(r))
     print()
     print("%d rounds x %d s of wrk -t1 -c%d per configuration, configurations interleaved; "
           "requests/s and latencies: median over rounds; ratios: median over rounds of the ratio "
@@ -247,10 +259,11 @@ def main():
           "share that then had to co_await it, the mean and longest wait of those, the mean time "
           "from acquisition to unlock, how many hits were applied per acquisition, and the time "
           "spent in the two semops that took and released the lock, per hit. Meanwhile processes other than the servers and wrk used "
-          "%.0f%% of a core on average (at most %.0f%% during one run; %d runs were repeated "
-          "because they used more than %.0f%%)." %
+          "%.0f%% of a core on average (at most %.0f%% during one run); %d runs were repeated "
+          "because they used more than %.0f%%, and %d runs that stayed above it are left out "
+          "of the medians and ratios (when at least 3 quiet ones remain)." %
           (args.rounds, args.duration, args.connections, statistics.mean(others), max(others),
-           repeated, args.max_others))
+           repeated, args.max_others, left_out))
 
 
 if __name__ == "__main__":
