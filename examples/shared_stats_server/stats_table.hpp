@@ -1,7 +1,7 @@
 // The shared table of shared_stats_server: named counters, per-worker statistics and per-client
 // token buckets in one System V segment. Plain code over a byte span (no syscalls, no clock), so
 // the crash-repair protocol is tested directly, one injected crash at a time
-// (tests/shared_stats_server.cpp, suite stats_table).
+// (tests/stats_table.cpp).
 //
 // Segment layout (native endianness, every field at a fixed offset, every entry 8-byte aligned):
 //   header (256 bytes, including the journal) | worker[max_workers] | counter[max_counters]
