@@ -150,28 +150,19 @@ public:
 
     /// The whole session; returns the exit status. Never throws: every failure becomes one
     /// message on standard error and status 1.
+    ///
+    /// The room's lock is watched and signals are handled from the start: joining and
+    /// announcing take the lock too, and a participant stopped while holding it must not leave
+    /// a newcomer waiting in silence, deaf to Ctrl-C.
     asio::awaitable<int> run() {
-        if (!co_await join())
+        if (!open())
             co_return 1;
         ending end;
         try {
-            co_await introduce();
-            if (auto ec = co_await send(kind::joined, "")) {
-                end = ending::failed(ec, "announcing the join");
-            } else {
-                if (editor_)
-                    editor_->start();
-                // All five run until the first one ends the session; the others are then
-                // cancelled and awaited (nothing is left running detached).
-                auto first = co_await (guarded(read_input(), "reading the input") ||
-                                       guarded(receive_loop(), "receiving messages") ||
-                                       guarded(reap_loop(), "looking for lost participants") ||
-                                       guarded(watch_lock(), "watching the room's lock") ||
-                                       guarded(wait_for_signals(), "waiting for signals"));
-                end = std::visit([](ending& e) { return std::move(e); }, first);
-            }
-        } catch (const boost::system::system_error& e) {
-            end = ending::failed(e.code(), "joining");
+            auto first = co_await (guarded(take_part(), "joining") ||
+                                   guarded(watch_lock(), "watching the room's lock") ||
+                                   guarded(wait_for_signals(), "waiting for signals"));
+            end = std::visit([](ending& e) { return std::move(e); }, first);
         } catch (const std::exception& e) {
             end = ending::failed(error_code{}, std::string("joining: ") + e.what());
         }
@@ -219,26 +210,58 @@ private:
 
     // ---- joining ----
 
-    /// Opens or creates the room and joins it; if the last participant removed it meanwhile,
-    /// the objects are gone: create them again. False (after the message) when it cannot.
-    asio::awaitable<bool> join() {
+    /// Opens or creates the room. False (after the message) when it cannot.
+    bool open() {
+        try {
+            channel_.emplace(
+                sysv::channel::open_or_create(io_.get_executor(), room_key(settings_.room)));
+            return true;
+        } catch (const std::exception& e) {
+            report("cannot open room " + settings_.room + ": " + e.what());
+            return false;
+        }
+    }
+
+    /// Joins the room, announces it, then reads, receives and looks for lost participants
+    /// until one of them ends the session.
+    asio::awaitable<ending> take_part() {
+        if (auto failed = co_await join())
+            co_return std::move(*failed);
+        co_await introduce();
+        if (auto ec = co_await send(kind::joined, ""))
+            co_return ending::failed(ec, "announcing the join");
+        if (editor_)
+            editor_->start();
+        // All three run until the first one ends the session; the others are then cancelled
+        // and awaited (nothing is left running detached).
+        auto first = co_await (guarded(read_input(), "reading the input") ||
+                               guarded(receive_loop(), "receiving messages") ||
+                               guarded(reap_loop(), "looking for lost participants"));
+        co_return std::visit([](ending& e) { return std::move(e); }, first);
+    }
+
+    /// Joins the opened room; if the last participant removed it meanwhile, the objects are
+    /// gone: create them again. The ending when it cannot.
+    asio::awaitable<std::optional<ending>> join() {
         for (int attempt = 0;; ++attempt) {
+            auto [ec] =
+                co_await channel_->async_join(settings_.name, asio::as_tuple(asio::use_awaitable));
+            if (!ec) {
+                joined_ = true;
+                co_return std::nullopt;
+            }
+            channel_->close();
+            if (ec != sysv::errc::removed || attempt == 10)
+                co_return ending::failed(
+                    error_code{},
+                    "cannot join room " + settings_.room + ": " + ec.message() +
+                        (ec == sysv::errc::no_free_slot ? " (the room is full)" : ""));
             try {
                 channel_.emplace(
                     sysv::channel::open_or_create(io_.get_executor(), room_key(settings_.room)));
             } catch (const std::exception& e) {
-                report("cannot open room " + settings_.room + ": " + e.what());
-                co_return false;
-            }
-            auto [ec] =
-                co_await channel_->async_join(settings_.name, asio::as_tuple(asio::use_awaitable));
-            if (!ec)
-                co_return true;
-            channel_->close();
-            if (ec != sysv::errc::removed || attempt == 10) {
-                report("cannot join room " + settings_.room + ": " + ec.message() +
-                       (ec == sysv::errc::no_free_slot ? " (the room is full)" : ""));
-                co_return false;
+                co_return ending::failed(error_code{},
+                                         "cannot open room " + settings_.room + ": " + e.what());
             }
         }
     }
@@ -264,7 +287,7 @@ private:
             editor_.emplace(own_name_ + "> ");
     }
 
-    // ---- the four activities of a session ----
+    // ---- the activities of a session ----
 
     /// Runs `body`; an exception becomes an error ending (so none escapes the || above).
     static asio::awaitable<ending> guarded(asio::awaitable<ending> body, std::string doing) {
@@ -377,11 +400,14 @@ private:
             if (ec)
                 co_return ending::failed(ec, "waiting for signals");
             if (signal == SIGWINCH) {
-                editor_->resized();
+                if (editor_)
+                    editor_->resized();
             } else if (signal == SIGTSTP) { // Ctrl-Z: give the terminal back, then stop
-                editor_->suspend();
+                if (editor_)
+                    editor_->suspend();
                 ::raise(SIGSTOP);
-                editor_->resume();
+                if (editor_)
+                    editor_->resume();
             } else {
                 co_return ending{ending::reason::signal};
             }
@@ -539,11 +565,12 @@ private:
         error_code ignored;
         input_.close(ignored);
         signals_.cancel(ignored);
-        if (end.why != ending::reason::error) {
+        // Not joined (a signal, or an error, while joining): nothing to announce or give back.
+        if (joined_ && end.why != ending::reason::error) {
             if (auto ec = co_await with_timeout(send(kind::left, "")))
                 end = ending::failed(ec, "announcing the leave");
         }
-        if (end.why != ending::reason::error || end.error != sysv::errc::removed) {
+        if (joined_ && (end.why != ending::reason::error || end.error != sysv::errc::removed)) {
             asio::steady_timer timer(io_, leave_timeout);
             auto left = co_await (channel_->async_leave(asio::as_tuple(asio::use_awaitable)) ||
                                   timer.async_wait(asio::as_tuple(asio::use_awaitable)));
@@ -586,6 +613,7 @@ private:
     settings settings_;
     std::string own_name_; ///< sanitised
     std::optional<sysv::channel> channel_;
+    bool joined_ = false; ///< async_join succeeded: leaving is owed
     std::optional<chat::line_editor> editor_;
     asio::posix::stream_descriptor input_;
     asio::signal_set signals_;

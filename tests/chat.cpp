@@ -557,6 +557,46 @@ BOOST_AUTO_TEST_CASE(a_participant_stopped_holding_the_lock_is_named_and_the_roo
     BOOST_TEST(room.objects_gone());
 }
 
+BOOST_AUTO_TEST_CASE(a_newcomer_waiting_for_a_stopped_holder_is_told_and_can_give_up) {
+    // The lock is watched while joining too: whoever arrives while the holder is stopped is
+    // told who the room waits for, can leave with Ctrl-C, or joins once the holder continues.
+    test_room room;
+    sysv_test::child carol([&] {
+        boost::asio::io_context io;
+        auto ch = sysv::channel::open_or_create(io.get_executor(), sysv::key(room.key()));
+        ch.async_join("carol", [](boost::system::error_code) {});
+        io.run();
+        ch.semaphores().apply(sysv::op::acquire(0).undo());
+        ::raise(SIGSTOP);
+        ch.semaphores().apply(sysv::op::release(0).undo());
+        ::pause(); // until killed
+        return 0;
+    });
+    BOOST_REQUIRE(sysv_test::eventually(
+        [&] { return sysv::state_of(carol.pid()) == sysv::process_state::stopped; }));
+    const std::string waiting = "waiting for carol (pid " + std::to_string(carol.pid()) +
+                                ", stopped while holding the room's lock)";
+    {
+        chat::participant alice(chat_binary(), room.name(), "alice");
+        BOOST_TEST(alice.wait_for(waiting), alice.transcript());
+        alice.kill(SIGINT);
+        BOOST_TEST(alice.wait_exit() == 0, alice.transcript());
+        BOOST_TEST(count(alice.transcript(), "joined room") == 0u, alice.transcript());
+    }
+    chat::participant bob(chat_binary(), room.name(), "bob");
+    BOOST_TEST(bob.wait_for(waiting), bob.transcript());
+    ::kill(carol.pid(), SIGCONT);
+    BOOST_TEST(bob.wait_for("the room goes on"), bob.transcript());
+    BOOST_TEST(bob.wait_for("joined room " + room.name() + " as bob"), bob.transcript());
+    BOOST_TEST(bob.wait_for("also here: carol"), bob.transcript());
+    carol.kill(SIGKILL);
+    carol.wait();
+    BOOST_TEST(bob.wait_for("carol left (lost)"), bob.transcript());
+    bob.say("/quit");
+    BOOST_TEST(bob.wait_exit() == 0, bob.transcript());
+    BOOST_TEST(room.objects_gone());
+}
+
 BOOST_AUTO_TEST_CASE(a_foreign_object_at_the_room_key_is_refused_and_left_alone) {
     test_room room;
     const int foreign = ::semget(room.key(), 1, IPC_CREAT | IPC_EXCL | 0600);
