@@ -666,10 +666,20 @@ BOOST_AUTO_TEST_CASE(sigterm_stops_the_workers_and_removes_the_ipc_objects) {
     sysv_test::ipc_guard guard;
     server s(guard, {"--workers", "2"});
     BOOST_TEST(get(s.port, "/hit/a").status == 200);
-    const auto stats = get_stats(s.port);
+    // A worker may answer before the master has started the next one (its pid is 0 meanwhile).
     std::vector<pid_t> workers;
-    for (const auto& w : stats["workers"])
-        workers.push_back(w["pid"].get<pid_t>());
+    nlohmann::json last;
+    BOOST_REQUIRE_MESSAGE(sysv_test::eventually([&] {
+                              last = get_stats(s.port);
+                              workers.clear();
+                              for (const auto& w : last["workers"])
+                                  if (w["pid"].get<pid_t>() > 0)
+                                      workers.push_back(w["pid"].get<pid_t>());
+                              return workers.size() == 2;
+                          }),
+                          "the two workers never ran together; the last /stats: "
+                              << last.dump() << "\n"
+                              << s.proc.output());
     const key_t k = ::ftok(s.key_file.c_str(), project_id);
     const int segment = ::shmget(k, 0, 0), set = ::semget(k, 0, 0);
     BOOST_TEST(segment != -1);
