@@ -418,7 +418,10 @@ public:
     void set(poll_service* service, asio::any_io_executor ex, std::vector<watched_word> words) {
         std::lock_guard lock(mutex_);
         start_locked();
-        auto& e = services_[service];
+        auto [it, added] = services_.try_emplace(service);
+        auto& e = it->second;
+        if (!added && e.words == words)
+            return; // the thread already waits on exactly these (every pass watches again)
         e.executor = std::move(ex);
         e.words = std::move(words);
         changed_locked();
