@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -304,6 +305,36 @@ nlohmann::json get_stats(int port) {
     const reply r = get(port, "/stats");
     BOOST_REQUIRE_EQUAL(r.status, 200);
     return nlohmann::json::parse(r.body);
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie nobody reaped yet: a worker whose
+/// master died is reparented, and its new parent may reap it late or never).
+bool alive(pid_t pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    if (!std::getline(stat, line))
+        return false;
+    const auto paren = line.rfind(')');
+    return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z' &&
+           line[paren + 2] != 'X';
+}
+
+/// The pids of the server's `count` workers, once all of them run (a worker may answer before
+/// the master has started the next one, whose pid reads 0 meanwhile).
+std::vector<pid_t> running_workers(int port, std::size_t count) {
+    std::vector<pid_t> workers;
+    nlohmann::json last;
+    const bool all = sysv_test::eventually([&] {
+        last = get_stats(port);
+        workers.clear();
+        for (const auto& w : last["workers"])
+            if (w["pid"].get<pid_t>() > 0)
+                workers.push_back(w["pid"].get<pid_t>());
+        return workers.size() == count;
+    });
+    BOOST_REQUIRE_MESSAGE(
+        all, "the " << count << " workers never ran together; the last /stats: " << last.dump());
+    return workers;
 }
 
 /// What a load of keep-alive connections saw.
@@ -666,20 +697,7 @@ BOOST_AUTO_TEST_CASE(sigterm_stops_the_workers_and_removes_the_ipc_objects) {
     sysv_test::ipc_guard guard;
     server s(guard, {"--workers", "2"});
     BOOST_TEST(get(s.port, "/hit/a").status == 200);
-    // A worker may answer before the master has started the next one (its pid is 0 meanwhile).
-    std::vector<pid_t> workers;
-    nlohmann::json last;
-    BOOST_REQUIRE_MESSAGE(sysv_test::eventually([&] {
-                              last = get_stats(s.port);
-                              workers.clear();
-                              for (const auto& w : last["workers"])
-                                  if (w["pid"].get<pid_t>() > 0)
-                                      workers.push_back(w["pid"].get<pid_t>());
-                              return workers.size() == 2;
-                          }),
-                          "the two workers never ran together; the last /stats: "
-                              << last.dump() << "\n"
-                              << s.proc.output());
+    const auto workers = running_workers(s.port, 2);
     const key_t k = ::ftok(s.key_file.c_str(), project_id);
     const int segment = ::shmget(k, 0, 0), set = ::semget(k, 0, 0);
     BOOST_TEST(segment != -1);
@@ -692,7 +710,7 @@ BOOST_AUTO_TEST_CASE(sigterm_stops_the_workers_and_removes_the_ipc_objects) {
     BOOST_TEST(!sysv_test::segment_exists(segment));
     BOOST_TEST(!sysv_test::semaphore_set_exists(set));
     BOOST_TEST(objects_gone(s.key_file));
-    for (pid_t w : workers)
+    for (pid_t w : workers) // the master reaped them
         BOOST_TEST(::kill(w, 0) == -1, "worker " << w << " still runs");
 
     // SIGINT (Ctrl-C) does the same.
@@ -730,16 +748,12 @@ BOOST_AUTO_TEST_CASE(objects_left_by_a_killed_server_are_replaced_by_the_next_on
         process crashed({"--workers", "2", "--key-file", key_file}, key_file);
         const int port = crashed.port();
         BOOST_TEST(get(port, "/hit/a").status == 200);
-        const auto stats = get_stats(port);
-        for (const auto& w : stats["workers"])
-            workers.push_back(w["pid"].get<pid_t>());
+        workers = running_workers(port, 2);
         crashed.signal(SIGKILL);
         BOOST_TEST(crashed.wait_exit() == 128 + SIGKILL);
         // The workers follow their master (parent-death signal).
-        BOOST_TEST(sysv_test::eventually([&] {
-            return std::none_of(workers.begin(), workers.end(),
-                                [](pid_t w) { return ::kill(w, 0) == 0; });
-        }));
+        BOOST_TEST(sysv_test::eventually(
+            [&] { return std::none_of(workers.begin(), workers.end(), alive); }));
         BOOST_TEST(!objects_gone(key_file)); // the master could not remove them
         process next({"--workers", "1", "--key-file", key_file}, key_file);
         const int next_port = next.port();
