@@ -705,6 +705,41 @@ BOOST_AUTO_TEST_CASE(a_holder_killed_with_sigkill_releases_the_lock) {
     BOOST_TEST(!m.is_locked());
 }
 
+SYSV_CO_TEST_CASE(a_timed_lock_gives_up_at_its_deadline_having_taken_nothing) {
+    sysv_test::ipc_guard guard;
+    sysv::mutex m(co_await asio::this_coro::executor, make_set(guard, {1}));
+    BOOST_TEST(m.try_lock()); // held (by this process: the wait below cannot take it)
+    const auto start = std::chrono::steady_clock::now();
+    auto [ec, lock] = co_await m.async_lock_for(50ms, asio::as_tuple(asio::use_awaitable));
+    BOOST_TEST((ec == asio::error::timed_out), ec.message());
+    BOOST_TEST(!lock.owns_lock());
+    BOOST_TEST((std::chrono::steady_clock::now() - start >= 50ms)); // not before its deadline
+    BOOST_TEST(m.semaphores().value(0) == 0); // still held once, by the try_lock
+    m.unlock();
+    BOOST_TEST(!m.is_locked());
+    // Free: taken at once, and released by its guard.
+    {
+        auto [free_ec, free_lock] =
+            co_await m.async_lock_for(1h, asio::as_tuple(asio::use_awaitable));
+        BOOST_TEST(!free_ec);
+        BOOST_TEST(free_lock.owns_lock());
+        BOOST_TEST(m.is_locked());
+    }
+    BOOST_TEST(!m.is_locked());
+}
+
+SYSV_CO_TEST_CASE(a_timed_lock_released_by_another_process_in_time_is_taken) {
+    sysv_test::ipc_guard guard;
+    auto set = make_set(guard, {0}); // held by "another process" until the child releases it
+    const int id = set.id();
+    sysv::mutex m(co_await asio::this_coro::executor, std::move(set));
+    auto releaser = release_later(id, 30ms, sysv::op::release(0));
+    auto [ec, lock] = co_await m.async_lock_for(1h, asio::as_tuple(asio::use_awaitable));
+    BOOST_TEST(!ec);
+    BOOST_TEST(lock.owns_lock());
+    BOOST_TEST(releaser.wait().exited_with(0));
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(async_open)

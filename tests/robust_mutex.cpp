@@ -187,4 +187,27 @@ BOOST_AUTO_TEST_CASE(an_uncontended_lock_never_completes_inline) {
     BOOST_TEST(!m.is_locked()); // the guard released it
 }
 
+SYSV_CO_TEST_CASE(a_timed_lock_reports_a_dead_owner_and_gives_up_on_a_live_one) {
+    sysv_test::ipc_guard guard;
+    auto raw = make_set(guard);
+    const int id = raw.id();
+    sysv::robust_mutex m(co_await asio::this_coro::executor, std::move(raw));
+    auto victim = die_holding(id, false);
+    BOOST_TEST(victim.wait().killed_by(SIGKILL));
+    {
+        auto [ec, lock] = co_await m.async_lock_for(1h, asio::as_tuple(asio::use_awaitable));
+        BOOST_TEST((ec == sysv::errc::owner_dead));
+        BOOST_TEST(lock.owns_lock());
+        // Held by this owner: another timed lock gives up, takes nothing, changes nothing.
+        auto [busy_ec, busy] = co_await m.async_lock_for(30ms, asio::as_tuple(asio::use_awaitable));
+        BOOST_TEST((busy_ec == asio::error::timed_out), busy_ec.message());
+        BOOST_TEST(!busy.owns_lock());
+        BOOST_TEST(lock.owner_died());
+        lock.mark_consistent();
+    }
+    auto [ec, lock] = co_await m.async_lock_for(1h, asio::as_tuple(asio::use_awaitable));
+    BOOST_TEST(!ec);
+    BOOST_TEST(!lock.owner_died());
+}
+
 BOOST_AUTO_TEST_SUITE_END()

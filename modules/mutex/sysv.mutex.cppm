@@ -12,6 +12,7 @@ module;
 #include <sys/sem.h>
 
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <optional>
 #include <type_traits>
@@ -103,6 +104,18 @@ public:
             lock_op{this}, token, semaphores_.get_executor());
     }
 
+    /// async_lock that gives up after `timeout`: completes with asio::error::timed_out and an
+    /// empty guard, having taken nothing (a server answers "busy" instead of queueing forever
+    /// behind a holder that is stopped). The deadline is kept by the poll service's timer, so
+    /// the completion comes when it passes, not at the next backoff tick.
+    template <boost::asio::completion_token_for<void(error_code, guard)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_lock_for(std::chrono::steady_clock::duration timeout,
+                        Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_compose<Token, void(error_code, guard)>(
+            lock_op{this, false, timeout}, token, semaphores_.get_executor());
+    }
+
     /// Takes the lock if it is free now.
     bool try_lock(error_code& ec) { return semaphores_.try_apply(lock_operation(), ec); }
     bool try_lock() { return semaphores_.try_apply(lock_operation()); }
@@ -121,11 +134,16 @@ private:
     struct lock_op {
         basic_mutex* self;
         bool started = false;
+        std::optional<std::chrono::steady_clock::duration> timeout{};
         template <class Self>
         void operator()(Self& handler, error_code ec = {}) {
             if (!started) {
                 started = true;
-                self->semaphores_.async_apply(self->lock_operation(), std::move(handler));
+                if (timeout)
+                    self->semaphores_.async_apply_for(self->lock_operation(), *timeout,
+                                                      std::move(handler));
+                else
+                    self->semaphores_.async_apply(self->lock_operation(), std::move(handler));
                 return;
             }
             handler.complete(ec, ec ? guard() : guard(self));
@@ -254,6 +272,16 @@ public:
             lock_op{this}, token, semaphores_.get_executor());
     }
 
+    /// async_lock that gives up after `timeout` (asio::error::timed_out, an empty guard,
+    /// nothing taken), as basic_mutex::async_lock_for.
+    template <boost::asio::completion_token_for<void(error_code, guard)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_lock_for(std::chrono::steady_clock::duration timeout,
+                        Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_compose<Token, void(error_code, guard)>(
+            lock_op{this, lock_op::start, timeout}, token, semaphores_.get_executor());
+    }
+
     /// Takes the lock if it is free now: a guard that owns it (guard::owner_died() tells
     /// whether a holder died holding it; the error_code overload also sets errc::owner_dead),
     /// or nothing.
@@ -317,6 +345,7 @@ private:
     struct lock_op {
         basic_robust_mutex* self;
         enum { start, taken_clean, waiting } state = start;
+        std::optional<std::chrono::steady_clock::duration> timeout{};
         template <class Self>
         void operator()(Self& handler, error_code ec = {}) {
             auto& m = *self;
@@ -329,6 +358,9 @@ private:
                 if (ec) // reported through the same wait, so it too completes on the executor
                     return m.semaphores_.async_apply(m.clean_lock(), std::move(handler));
                 state = waiting; // held, or a holder died: wait for the lock itself
+                if (timeout)
+                    return m.semaphores_.async_apply_for(m.any_lock(), *timeout,
+                                                         std::move(handler));
                 return m.semaphores_.async_apply(m.any_lock(), std::move(handler));
             case taken_clean:
                 return handler.complete(error_code{}, guard(self, false));
