@@ -608,8 +608,9 @@ public:
     }
 
     /// async_apply that gives up after `timeout`: completes with asio::error::timed_out, having
-    /// applied nothing. The deadline is checked on the poll service's ticks, so the completion
-    /// may come up to one backoff period (at most max_sleep) after it.
+    /// applied nothing. The poll service arms its timer for the deadline too (whatever the
+    /// backoff, and while the wait sleeps on a doorbell), so the completion comes when it
+    /// passes; an attempt due at the same moment is made first.
     template <boost::asio::completion_token_for<void(error_code)> Token =
                   boost::asio::default_completion_token_t<executor_type>>
     auto async_apply_for(operation_list ops, std::chrono::steady_clock::duration timeout,
