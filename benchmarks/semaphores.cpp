@@ -730,18 +730,25 @@ void run_wake(bench::context& ctx) {
                 for (std::size_t j = 0; j < mode_count; ++j) {
                     const std::size_t m = (j + static_cast<std::size_t>(k)) % mode_count;
                     raw.apply(sysv::op::release(1));
+                    std::int64_t resumed = 0;
                     if (modes[m].blocking) {
                         raw.apply(sysv::op::acquire(0));
+                        resumed = now_ns();
                     } else {
+                        // Resumption is when the handler runs (what a coroutine would see), not
+                        // when run() has returned after winding down the poll service's timer
+                        // and doorbell watch.
                         sysv::error_code result;
                         async_sets[m]->async_apply(sysv::op::acquire(0), modes[m].backoff,
-                                                   [&](sysv::error_code ec) { result = ec; });
+                                                   [&](sysv::error_code ec) {
+                                                       resumed = now_ns();
+                                                       result = ec;
+                                                   });
                         contexts[m]->restart();
                         contexts[m]->run();
                         if (result)
                             throw sysv::system_error(result, "wake latency wait");
                     }
-                    const auto resumed = now_ns();
                     samples[l][m].push_back(us_since(load(block.stamp), resumed));
                 }
     }
