@@ -349,9 +349,10 @@ private:
             st->waiting = false;
             if (st->service == nullptr || ec == asio::error::operation_aborted)
                 return;
+            // One read resets the counter (not EFD_SEMAPHORE); a completion posted after it
+            // signals again, and the wait below hears it.
             std::uint64_t count = 0;
-            while (::read(st->event_fd, &count, sizeof count) > 0) {
-            }
+            [[maybe_unused]] const auto n = ::read(st->event_fd, &count, sizeof count);
             // Wait again before reaping (the eventfd is edge-triggered in the reactor): a
             // completion posted while reaping signals the new wait.
             if (st->armed > 0)
