@@ -28,7 +28,7 @@ using bench::now_ns;
 
 namespace {
 
-enum class kind { socket, channel, message_queue };
+enum class kind { socket, channel, message_queue, post };
 
 struct transport {
     std::string id;
@@ -276,6 +276,27 @@ result run_message_queue(std::size_t size, long count) {
             static_cast<double>(count) * static_cast<double>(size) / seconds};
 }
 
+/// The ceiling of any API with one asynchronous call per message on an io_context: a coroutine
+/// that does nothing but `co_await post` (one process, no IPC, no copy). Asio's scheduler polls
+/// its reactor (epoll_wait with a zero timeout) between two handlers, so each call costs a
+/// syscall even when nothing waits; a reactor exists in any program with a timer or a socket.
+result run_post_ceiling(std::size_t size, long count) {
+    asio::io_context io(1);
+    asio::steady_timer timer(io); // a reactor, as in every real program
+    const std::int64_t start = now_ns();
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            for (long i = 0; i < count; ++i)
+                co_await asio::post(io, asio::use_awaitable);
+        },
+        asio::detached);
+    io.run();
+    const double seconds = static_cast<double>(now_ns() - start) / 1e9;
+    return {static_cast<double>(count) / seconds,
+            static_cast<double>(count) * static_cast<double>(size) / seconds};
+}
+
 // ---- One-way latency of a lone 64-byte message ----------------------------------------------
 
 /// The writer sends `count` 64-byte messages, one every `gap` (an absolute schedule, so each
@@ -485,6 +506,8 @@ void run_channel_section(bench::context& ctx) {
         {"channel", "sysv::channel, one async_send / async_receive per message", kind::channel, 1},
         {"socket_batch64", "Asio local::stream_protocol, 64 messages per gather write",
          kind::socket, 64},
+        {"post_ceiling", "(ceiling) one co_await asio::post per message, one process, no IPC",
+         kind::post, 1},
         {"channel_batch64", "sysv::channel, async_send_batch of 64 / async_receive_batch",
          kind::channel, 64},
     };
@@ -505,6 +528,7 @@ void run_channel_section(bench::context& ctx) {
                 results[i].push_back(
                     tr.how == kind::channel  ? run_channel(sz.size, sz.count, tr.batch)
                     : tr.how == kind::socket ? run_socket(sz.size, sz.count, tr.batch)
+                    : tr.how == kind::post   ? run_post_ceiling(sz.size, sz.count)
                                              : run_message_queue(sz.size, sz.count));
                 run_of[i].push_back(run);
                 ctx.record(row, "messages_per_second", results[i].back().messages_per_second, "1/s",
@@ -576,7 +600,9 @@ void run_channel_section(bench::context& ctx) {
                       "out (a channel_message / a std::vector per socket frame or queue "
                       "message); ratios = row / that row of the same run (median over runs). "
                       "The message_queue holds 256 KiB of messages (at least 4), like the "
-                      "channel's ring.");
+                      "channel's ring. The ceiling row bounds any API with one asynchronous "
+                      "call per message on an io_context: Asio 1.81's scheduler makes an "
+                      "epoll_wait (zero timeout) between two handlers.");
     run_latency(ctx, runs);
 }
 
