@@ -45,12 +45,13 @@ struct channel_options {
     /// or slow reader can stall the writers.
     std::chrono::milliseconds slow_reader_grace{1000};
     mode_t mode = 0600;
-    /// Backoff of the channel's waits (lock, new messages, space). With doorbells (see
-    /// wake_mode_of()) the channel's own releases wake its waiters at once, and the polls are
-    /// only a backstop, for the kernel's release of a dead holder's lock (SEM_UNDO does not
-    /// ring) and for `ipcrm`: the default polls every 100 ms at most then, instead of 3 ms,
-    /// which takes an idle member's CPU to next to nothing. Without doorbells it polls as
-    /// backoff{} does.
+    /// Backoff of the channel's sleeps (on the lock's bell, a reader's doorbell, `space`),
+    /// which follow a short spin on posted passes. With doorbells (see wake_mode_of()) the
+    /// channel's own releases wake its sleepers at once, and the polls are only a backstop,
+    /// for releasers that do not ring (the kernel's undo of a dead reader's slot, `ipcrm`): the
+    /// default polls every 100 ms at most then, instead of 3 ms, which takes an idle member's
+    /// CPU to next to nothing (a dead lock holder is noticed by a lock waiter's naps, at most
+    /// 50 ms apart). Without doorbells it polls as backoff{} does.
     backoff wait_backoff = [] {
         backoff b;
         b.doorbell_max_sleep = std::chrono::milliseconds(100);
