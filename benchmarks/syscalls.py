@@ -9,7 +9,8 @@ round trips, warm-up included), so process start-up and set-up cancel out. Ping-
 with the processes pinned to two CPUs and to one CPU (sysv_bench --placement), where each row
 behaves the same from run to run. Per idle second: the
 difference between two idle measurements of different lengths, divided by the difference in
-seconds. Prints markdown tables. Needs perf (Debian: linux-perf) and root or
+seconds. Per channel message: the same difference between a long and a short run, per message
+(writer and reader processes together; message_queue and socket rows for comparison). Prints markdown tables. Needs perf (Debian: linux-perf) and root or
 kernel.perf_event_paranoid <= -1 for the syscall tracepoints.
 """
 import argparse
@@ -138,6 +139,23 @@ def main():
         per = {e: (b.get(e, 0) - a.get(e, 0)) / n for e, _ in EVENTS}
         results.append((row, f"{value(rows, row, 'ops_per_second'):.0f} ops/s", per))
     table("System calls per uncontended lock+unlock", "/op", results)
+
+    # Channel and its peers: per message, both processes (the forked writer and the reader), one
+    # message per call; the difference of a long and a short run, so set-up cancels out.
+    n = 40000 if args.quick else 200000
+    results = []
+    for size in (64, 4096):
+        for kind in ("channel", "message_queue", "socket", "channel_batch64"):
+            row = f"{kind}_{size}"
+            count = n if size == 64 else n // 4
+            count_short = count // 4
+            a, _ = perf_counts(binary, ["--section", "channel", "--row", row, "--runs", "1",
+                                        "--rounds", str(count_short)])
+            b, rows = perf_counts(binary, ["--section", "channel", "--row", row, "--runs", "1",
+                                           "--rounds", str(count)])
+            per = {e: (b.get(e, 0) - a.get(e, 0)) / (count - count_short) for e, _ in EVENTS}
+            results.append((row, f"{value(rows, row, 'messages_per_second'):.0f} messages/s", per))
+    table("System calls per message (writer and reader processes)", "/msg", results)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@
 
 import sysv.channel;
 
+#include "channel_lock.hpp"
+
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
 using boost::system::error_code;
@@ -230,9 +232,8 @@ BOOST_AUTO_TEST_CASE(a_participant_killed_mid_stream_or_holding_the_lock_does_no
 
         // Now a process dies holding the lock, in the middle of a write.
         sysv_test::child holder([&] {
-            auto set = sysv::semaphore_set::open(k);
-            set.apply(sysv::op::acquire(0).undo());
             auto memory = sysv::shared_memory::open(k).attach();
+            sysv_test::lock_channel(memory.bytes()); // the next waiter takes it over
             sysv::error_code ec;
             auto view = sysv::ring::view::open(memory.bytes(), ec);
             view.begin_write(static_cast<std::uint32_t>(::getpid()));

@@ -12,6 +12,8 @@
 
 import sysv.channel;
 
+#include "channel_lock.hpp"
+
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
 using boost::system::error_code;
@@ -287,13 +289,13 @@ BOOST_AUTO_TEST_CASE(forged_sequences_are_corruption_never_an_impossible_missed_
     namespace off = sysv::ring::offsets;
     const std::uint64_t shift = std::uint64_t(1) << 63;
     {
-        auto set = sysv::semaphore_set::open_id(set_id);
-        set.apply(sysv::op::acquire(0).undo()); // as a writer would: under the channel's lock
+        auto memory = sysv::shared_memory::open_id(segment_id).attach();
+        sysv_test::lock_channel(memory.bytes()); // as a writer would: under the channel's lock
         poke<std::uint64_t>(segment_id, off::head_seq,
                             peek<std::uint64_t>(segment_id, off::head_seq) + shift);
         poke<std::uint64_t>(segment_id, off::tail_seq,
                             peek<std::uint64_t>(segment_id, off::tail_seq) + shift);
-        set.apply(sysv::op::release(0).undo());
+        sysv_test::unlock_channel(memory.bytes());
     }
     const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
         auto ch = sysv::channel::open_or_create(io.get_executor(), k, small_channel());
@@ -342,11 +344,11 @@ BOOST_AUTO_TEST_CASE(a_stopped_lock_holder_is_named_and_the_room_resumes_with_it
         auto ch = sysv::channel::open_or_create(io.get_executor(), k, small_channel());
         ch.async_join("bob", [](error_code) {});
         io.run();
-        auto set = sysv::semaphore_set::open_id(set_id);
-        set.apply(sysv::op::acquire(0).undo()); // the channel's lock, as a writer takes it
+        auto memory = sysv::shared_memory::open_id(segment_id).attach();
+        sysv_test::lock_channel(memory.bytes()); // the channel's lock, as a writer takes it
         ready.arrive_and_wait();
         ::raise(SIGSTOP); // a debugger, Ctrl-Z: stopped while holding the lock
-        set.apply(sysv::op::release(0).undo());
+        sysv_test::unlock_channel(memory.bytes());
         return 0;
     });
     ready.arrive_and_wait();

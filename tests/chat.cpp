@@ -12,6 +12,8 @@
 
 import sysv.channel;
 
+#include "channel_lock.hpp"
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -537,9 +539,10 @@ BOOST_AUTO_TEST_CASE(a_participant_stopped_holding_the_lock_is_named_and_the_roo
         auto ch = sysv::channel::open_or_create(io.get_executor(), sysv::key(room.key()));
         ch.async_join("carol", [](boost::system::error_code) {});
         io.run();
-        ch.semaphores().apply(sysv::op::acquire(0).undo());
+        auto memory = ch.segment().attach();
+        sysv_test::lock_channel(memory.bytes()); // the room's lock, as a writer takes it
         ::raise(SIGSTOP);
-        ch.semaphores().apply(sysv::op::release(0).undo());
+        sysv_test::unlock_channel(memory.bytes());
         ::pause(); // until killed: then "left (lost)"
         return 0;
     });
@@ -566,9 +569,10 @@ BOOST_AUTO_TEST_CASE(a_newcomer_waiting_for_a_stopped_holder_is_told_and_can_giv
         auto ch = sysv::channel::open_or_create(io.get_executor(), sysv::key(room.key()));
         ch.async_join("carol", [](boost::system::error_code) {});
         io.run();
-        ch.semaphores().apply(sysv::op::acquire(0).undo());
+        auto memory = ch.segment().attach();
+        sysv_test::lock_channel(memory.bytes()); // the room's lock, as a writer takes it
         ::raise(SIGSTOP);
-        ch.semaphores().apply(sysv::op::release(0).undo());
+        sysv_test::unlock_channel(memory.bytes());
         ::pause(); // until killed
         return 0;
     });

@@ -3,8 +3,10 @@
 // that crash point and runs a scenario that reaches it; the parent then checks what a survivor
 // relies on: the lock is free, no partial message is visible, the dead reader's slot is
 // reclaimed and reported at most once, the member count is right, the next joiner works, and the
-// last one out leaves nothing behind. The test walks sysv::detail::crash_point_names, and the
-// scenario switch has no default: a new step without a crash test does not compile.
+// last one out leaves nothing behind. A victim killed holding the lock leaves it held: the
+// survivor's next operation takes it over from the dead holder. The test walks
+// sysv::detail::crash_point_names, and the scenario switch has no default: a new step without a
+// crash test does not compile.
 #include "harness.hpp"
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -26,6 +28,7 @@ enum class scenario {
     creator,     ///< the child creates the room (set and channel open)
     member,      ///< the child joins a room the survivor is in, sends, receives, reaps, leaves
     last_member, ///< the child is alone in the room and leaves it (removing it)
+    stealer,     ///< as member, but the lock is held by a dead process: the child takes it over
 };
 
 scenario scenario_of(crash_point point) {
@@ -42,6 +45,7 @@ scenario scenario_of(crash_point point) {
     case crash_point::ring_append_written:
     case crash_point::channel_send_published:
     case crash_point::channel_send_unlocking:
+    case crash_point::channel_unlocked:
     case crash_point::channel_receive_locked:
     case crash_point::channel_receive_read:
     case crash_point::ring_unlocked_copied:
@@ -51,6 +55,9 @@ scenario scenario_of(crash_point point) {
         return scenario::member;
     case crash_point::channel_leave_removing:
         return scenario::last_member;
+    case crash_point::channel_lock_sleeper_marked:
+    case crash_point::channel_lock_stolen:
+        return scenario::stealer;
     }
     throw std::logic_error("unknown crash point");
 }
@@ -155,9 +162,18 @@ BOOST_AUTO_TEST_CASE(a_process_killed_at_any_step_leaves_a_channel_the_others_ca
                 guard.memory_id(ch->segment().id());
             };
             const auto kind = scenario_of(point);
-            if (kind == scenario::member) {
+            if (kind == scenario::member || kind == scenario::stealer) {
                 open();
                 co_await ch->async_join("survivor", asio::use_awaitable);
+            }
+            if (kind == scenario::stealer) {
+                // A process that died holding the lock (its pid is free, nobody releases it).
+                sysv_test::child dead([] { return 0; });
+                BOOST_REQUIRE(dead.wait().exited_with(0));
+                auto memory = ch->segment().attach();
+                BOOST_REQUIRE(sysv::ring::lock_word(memory.bytes())
+                                  .try_lock(sysv::ring::lock_identity(
+                                      static_cast<std::uint32_t>(dead.pid()), 1)));
             }
             sysv_test::child child([&] { return victim(point, k); });
             const auto status = child.wait_for(20s);
@@ -165,7 +181,8 @@ BOOST_AUTO_TEST_CASE(a_process_killed_at_any_step_leaves_a_channel_the_others_ca
                 BOOST_TEST(status.killed_by(SIGKILL),
                            "the scenario did not reach the crash point (" << status << ")");
             }
-            if (kind != scenario::member) { // the next joiner of what the victim left
+            if (kind == scenario::creator ||
+                kind == scenario::last_member) { // the next joiner of what the victim left
                 open();
                 co_await ch->async_join("survivor", asio::use_awaitable);
             }

@@ -163,7 +163,7 @@ BOOST_AUTO_TEST_CASE(shared_memory_limits_are_named_with_their_value_and_where_t
 
 BOOST_AUTO_TEST_CASE(a_channel_that_does_not_fit_the_limits_says_which) {
     sysv_test::child c([] {
-        // The default channel needs a set of 3 + 2 x 32 semaphores: more than SEMMSL 10.
+        // The default channel needs a set of 4 + 2 x 32 semaphores: more than SEMMSL 10.
         enter_limited_namespace("10 1000 500 100", "1073741824", "1048576", "100");
         asio::io_context io;
         SYSV_CHILD_CHECK(fails_naming(

@@ -204,6 +204,29 @@ BOOST_AUTO_TEST_CASE(an_interrupted_write_is_repaired_and_invisible) {
     BOOST_TEST((r.receive(0) == std::vector<std::string>{"next"}));
 }
 
+BOOST_AUTO_TEST_CASE(the_lock_word_has_one_holder_and_tells_of_sleepers) {
+    test_ring r({2, 64, 1024});
+    ring::lock_word lock(r.memory);
+    const auto alice = ring::lock_identity(100, 5), bob = ring::lock_identity(200, 6);
+    BOOST_TEST(ring::lock_identity_pid(bob) == 200u);
+    BOOST_TEST(ring::lock_identity(100, 5) != ring::lock_identity(100, 6)); // pid reused
+    BOOST_TEST(lock.holder() == 0u); // a fresh ring's lock is free
+    BOOST_TEST(lock.try_lock(alice));
+    BOOST_TEST(!lock.try_lock(bob));
+    BOOST_TEST(lock.holder() == alice);
+    // Only the holder releases it, and a take-over needs the exact word found.
+    BOOST_TEST((lock.unlock(bob) == ring::lock_word::unlock_result::not_held));
+    BOOST_TEST(!lock.steal(ring::lock_identity(100, 4), bob));
+    BOOST_TEST(lock.steal(alice, bob));
+    BOOST_TEST(lock.holder() == bob);
+    // A sleeper's mark is reported by the next unlock only.
+    lock.mark_sleeper();
+    BOOST_TEST((lock.unlock(bob) == ring::lock_word::unlock_result::released_wake_sleepers));
+    BOOST_TEST(lock.try_lock(alice));
+    BOOST_TEST((lock.unlock(alice) == ring::lock_word::unlock_result::released));
+    BOOST_TEST(lock.holder() == 0u);
+}
+
 BOOST_AUTO_TEST_CASE(foreign_and_truncated_segments_are_refused) {
     std::vector<std::byte> memory(ring::segment_size(small_layout()));
     sysv::error_code ec;

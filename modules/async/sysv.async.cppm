@@ -620,6 +620,17 @@ public:
             std::optional<std::chrono::steady_clock::duration>(timeout));
     }
 
+    /// async_apply_for with a backoff for this wait only.
+    template <boost::asio::completion_token_for<void(error_code)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto async_apply_for(operation_list ops, std::chrono::steady_clock::duration timeout,
+                         const backoff& b,
+                         Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_initiate<Token, void(error_code)>(
+            initiate_wait{this}, token, detail::operation_group(ops), b,
+            std::optional<std::chrono::steady_clock::duration>(timeout));
+    }
+
     /// P: waits until `n` units (1..32767) of semaphore `index` are available and takes them.
     template <boost::asio::completion_token_for<void(error_code)> Token =
                   boost::asio::default_completion_token_t<executor_type>>

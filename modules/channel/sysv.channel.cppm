@@ -11,7 +11,10 @@ module;
 #include <boost/asio/error.hpp>
 #include <boost/asio/post.hpp>
 
+#include <cerrno>
+#include <csignal>
 #include <sys/sem.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -42,12 +45,13 @@ struct channel_options {
     /// or slow reader can stall the writers.
     std::chrono::milliseconds slow_reader_grace{1000};
     mode_t mode = 0600;
-    /// Backoff of the channel's waits (lock, new messages, space). With doorbells (see
-    /// wake_mode_of()) the channel's own releases wake its waiters at once, and the polls are
-    /// only a backstop, for the kernel's release of a dead holder's lock (SEM_UNDO does not
-    /// ring) and for `ipcrm`: the default polls every 100 ms at most then, instead of 3 ms,
-    /// which takes an idle member's CPU to next to nothing. Without doorbells it polls as
-    /// backoff{} does.
+    /// Backoff of the channel's sleeps (on the lock's bell, a reader's doorbell, `space`),
+    /// which follow a short spin on posted passes. With doorbells (see wake_mode_of()) the
+    /// channel's own releases wake its sleepers at once, and the polls are only a backstop,
+    /// for releasers that do not ring (the kernel's undo of a dead reader's slot, `ipcrm`): the
+    /// default polls every 100 ms at most then, instead of 3 ms, which takes an idle member's
+    /// CPU to next to nothing (a dead lock holder is noticed by a lock waiter's naps, at most
+    /// 50 ms apart). Without doorbells it polls as backoff{} does.
     backoff wait_backoff = [] {
         backoff b;
         b.doorbell_max_sleep = std::chrono::milliseconds(100);
@@ -76,15 +80,18 @@ struct channel_lock_holder {
 };
 
 namespace detail {
-/// Semaphores of a channel's set: the lock, the writers' "space" doorbell, the member count,
-/// one liveness semaphore per reader slot (1 = free, taken with SEM_UNDO by its reader so the
-/// kernel frees it when the reader dies), one doorbell per reader slot.
+/// Semaphores of a channel's set: the initialisation lock (SEM_UNDO; the lock of a segment that
+/// has no header yet), the writers' "space" doorbell, the member count, one liveness semaphore
+/// per reader slot (1 = free, taken with SEM_UNDO by its reader so the kernel frees it when the
+/// reader dies), one doorbell per reader slot, and the bell of the lock word (0 or 1: rung by
+/// an unlock when a waiter sleeps on the lock).
 struct channel_semaphores {
     std::size_t readers;
     static constexpr std::size_t lock = 0, space = 1, members = 2;
     std::size_t slot(std::size_t r) const noexcept { return 3 + r; }
     std::size_t doorbell(std::size_t r) const noexcept { return 3 + readers + r; }
-    std::size_t count() const noexcept { return 3 + 2 * readers; }
+    std::size_t lock_bell() const noexcept { return 3 + 2 * readers; }
+    std::size_t count() const noexcept { return 4 + 2 * readers; }
     std::vector<int> initial_values() const {
         std::vector<int> v(count(), 0);
         v[lock] = 1;
@@ -103,15 +110,41 @@ struct channel_semaphores {
 ///  * Writers are held back while a live reader has not consumed what would be overwritten
 ///    (backpressure), but never longer than slow_reader_grace: then the oldest messages are
 ///    dropped and that reader's next receive reports errc::messages_missed with the count.
-///  * The lock is taken with SEM_UNDO: a process killed while holding it releases it. A writer
-///    killed mid-write leaves no partial message visible (the record is published by moving
-///    head after it is complete; a dirty marker records the interruption and is repaired).
+///  * The lock is a 64-bit word in the segment's header, taken and released by compare-and-
+///    swap: uncontended, a send is a copy and a few atomics, with no syscall (see "Why a lock
+///    word" below). A waiter retries it on posted passes for a few tens of microseconds, then
+///    marks itself asleep and sleeps on the lock's bell semaphore, which the holder's unlock
+///    rings only when it sees that mark. The word names its holder (pid and start time): a
+///    waiter about to sleep looks at the holder, and takes the lock over (compare-and-swap
+///    from that exact word) when the holder is dead, its pid gone, a zombie, or reused by a
+///    process with another start time. A holder that is stopped keeps it (lock_holder()).
+///    A writer killed mid-write leaves no partial message visible (the record is published by
+///    moving head after it is complete; a dirty marker records the interruption and the next
+///    writer repairs it).
 ///  * A reader's slot is a semaphore it holds with SEM_UNDO: when it dies its slot is freed,
 ///    writers stop waiting for it, and async_reap_lost() reports it once.
 ///  * Everything read from the segment is validated against its real size; a malformed
 ///    segment gives errc::corrupt_segment, never a crash.
 ///  * Readers drain every available message per wake-up (one lock round trip for a batch);
 ///    async_receive then hands them out one by one without syscalls.
+///
+///  * An awake reader (one async_receive after another) finds new messages on posted passes
+///    without syscalls; only a reader with nothing to read for receive_spin_time marks itself
+///    asleep and costs the writer a doorbell semop. A writer that finds the ring full retries
+///    on posted passes for space_spin_time before it sleeps on `space`.
+///
+/// Why a lock word (decided by measurement, README "Channel throughput"): the semaphore lock
+/// (SEM_UNDO) cost every send two semops (lock, unlock with the doorbells) and the per-call
+/// path ran at 0.1-0.4 million 64-byte messages a second, against 3.4-3.7 million for
+/// boost::interprocess::message_queue, whose lock is a futex-based mutex in the segment. The
+/// lock word keeps what SEM_UNDO gave: the kernel does not release it for a dead holder, but
+/// the next waiter does, after checking the holder is gone (pid, start time: pid reuse cannot
+/// fool it), then repairs with the dirty marker as before; so all members must share a PID
+/// namespace (checked at open: another one gets errc::foreign_object). A glibc robust mutex
+/// (PTHREAD_MUTEX_ROBUST, process-shared) would give EOWNERDEAD the same way, but keeps its
+/// robust list as pointers into this untrusted segment, and its waiters block a thread in
+/// futex_wait, which an io_context thread must not do: rejected. The SEM_UNDO semaphore
+/// remains for initialising a blank segment (there is no header, so no lock word, yet).
 ///
 /// All async operations follow basic_async_semaphore_set's rules (any completion token,
 /// handler on its associated executor, never completed inline, per-operation cancellation of
@@ -277,9 +310,9 @@ public:
             detail::throw_error(ec, "channel remove", set_.description());
     }
 
-    /// Who holds the lock right now, if anyone (a snapshot, without the lock; two syscalls
-    /// and a read of /proc). A holder's critical section lasts microseconds, and a holder that
-    /// dies releases the lock (SEM_UNDO), but a holder that is stopped (SIGSTOP, Ctrl-Z, a
+    /// Who holds the lock right now, if anyone (a snapshot of the lock word, and a read of
+    /// /proc). A holder's critical section lasts microseconds, and the lock of a holder that
+    /// dies is taken over by the next waiter, but a holder that is stopped (SIGSTOP, Ctrl-Z, a
     /// debugger) keeps it until it is continued: every member's operations wait meanwhile, and
     /// slow_reader_grace does not cover it (it bounds waiting for readers that do not read, and
     /// taking the lock from a stopped holder would expose its half-written record). Call this
@@ -287,13 +320,14 @@ public:
     /// (the chat says "waiting for <name> (pid N, stopped)").
     std::optional<channel_lock_holder> lock_holder(error_code& ec) const {
         ec.clear();
-        const int value = set_.value(sems_.lock, ec);
-        if (ec || value != 0)
+        if (!set_.is_open() || memory_.bytes().size() < ring::offsets::header_size) {
+            ec = make_error_code(errc::not_open);
             return std::nullopt;
-        const pid_t pid = set_.last_pid(sems_.lock, ec); // whoever took it last holds it
-        if (ec)
+        }
+        const std::uint64_t word = ring::lock_word(memory_.bytes()).holder();
+        if (word == 0)
             return std::nullopt;
-        channel_lock_holder holder{static_cast<std::uint32_t>(pid), {}, state_of(pid)};
+        channel_lock_holder holder{ring::lock_identity_pid(word), {}, holder_state(word)};
         // The reader table names it; read without the lock, so only a hint for display.
         error_code view_error;
         const auto view = ring::view::open(memory_.bytes(), view_error);
@@ -329,7 +363,9 @@ public:
 private:
     basic_channel(const executor_type& ex, const channel_options& options)
         : options_(options), sems_{options.shape.max_readers}, set_(ex),
-          pid_(static_cast<std::uint32_t>(::getpid())) {}
+          pid_(static_cast<std::uint32_t>(::getpid())),
+          lock_id_(ring::lock_identity(pid_, start_time_of(::getpid()).value_or(0))),
+          pid_namespace_(pid_namespace_id()) {}
 
     /// One attempt of open_or_create. False: the objects found belonged to different
     /// generations (or were removed meanwhile); the stale one was removed, try again.
@@ -379,6 +415,8 @@ private:
             auto v = ring::view::open(memory_.bytes(), ec);
             if (!ec && !(v.shape() == options_.shape))
                 ec = make_error_code(errc::foreign_object);
+            else if (!ec && v.pid_namespace() != pid_namespace_)
+                ec = make_error_code(errc::foreign_object); // its lock names pids we cannot see
             else if (!ec && v.owner() != owner_)
                 found = stale_segment; // initialised for a set that no longer has this key
         };
@@ -410,7 +448,7 @@ private:
                 if (!ec && members > 0)
                     found = stale_set;
                 else if (!ec) {
-                    ring::initialise(bytes, options_.shape, owner_);
+                    ring::initialise(bytes, options_.shape, owner_, pid_namespace_);
                     detail::crash_here(detail::crash_point::channel_open_initialised);
                 }
             }
@@ -442,7 +480,7 @@ private:
         const auto l = limits();
         if (sems_.count() > static_cast<std::size_t>(l.max_semaphores_per_set))
             s += "; its semaphore set needs " + std::to_string(sems_.count()) +
-                 " semaphores (3 + 2 per reader), more than SEMMSL = " +
+                 " semaphores (4 + 2 per reader), more than SEMMSL = " +
                  std::to_string(l.max_semaphores_per_set) +
                  " per set: raise it in /proc/sys/kernel/sem (first field), or allow fewer "
                  "readers";
@@ -502,15 +540,145 @@ private:
         return v;
     }
 
-    /// Releases the lock together with `extra` operations (doorbells), in one semop. If that
-    /// group fails (a doorbell at SEMVMX), the lock alone is still released.
+    /// Applies `extra` (readers' doorbells, `space`, the member count and slot of a leaver:
+    /// one semop, only when there is something to ring) while the lock is still held, then
+    /// releases the lock word, and rings the lock's bell if a waiter marked itself asleep on it.
+    /// Uncontended, with no reader asleep: no syscall. A doorbell at SEMVMX (ERANGE) is not an
+    /// error: it already says "wake up".
     void unlock(std::vector<operation>& extra, error_code& ec) {
-        extra.insert(extra.begin(), unlock_op());
-        if (!set_.try_apply(std::span<const operation>(extra), ec) && ec && ec != errc::removed &&
-            extra.size() > 1)
-            set_.try_apply(unlock_op(), ec);
+        ec.clear();
+        if (!extra.empty() && !set_.try_apply(std::span<const operation>(extra), ec) &&
+            ec != errc::removed)
+            ec.clear();
+        error_code unlock_error;
+        unlock(unlock_error);
+        if (!ec)
+            ec = unlock_error;
     }
-    void unlock(error_code& ec) { set_.try_apply(unlock_op(), ec); }
+    void unlock(error_code& ec) {
+        ec.clear();
+        const auto released = ring::lock_word(memory_.bytes()).unlock(lock_id_);
+        detail::crash_here(detail::crash_point::channel_unlocked);
+        if (released == ring::lock_word::unlock_result::not_held) {
+            ec = make_error_code(errc::corrupt_segment); // another process wrote the lock word
+        } else if (released == ring::lock_word::unlock_result::released_wake_sleepers) {
+            // 0 -> 1 only: a bell already rung stays rung (it never counts up to SEMVMX).
+            const operation ring_bell[] = {op::wait_zero(sems_.lock_bell()),
+                                           op::release(sems_.lock_bell())};
+            error_code bell_error;
+            set_.try_apply(ring_bell, bell_error);
+            if (bell_error == errc::removed)
+                ec = bell_error;
+        }
+    }
+    /// The uncontended case: takes the lock word without a syscall.
+    bool try_lock() noexcept { return ring::lock_word(memory_.bytes()).try_lock(lock_id_); }
+
+    /// What a lock word says of its holder: dead also when its pid has been reused by a later
+    /// process (another start time) or is no pid at all (the word was overwritten), unknown
+    /// when /proc does not tell (it is then not taken over).
+    static process_state holder_state(std::uint64_t word) noexcept {
+        const auto pid = static_cast<pid_t>(ring::lock_identity_pid(word));
+        if (pid <= 0 || pid > max_pid)
+            return process_state::dead;
+        if (::kill(pid, 0) == -1 && errno == ESRCH)
+            return process_state::dead;
+        const auto start = start_time_of(pid);
+        if (!start)
+            return process_state::unknown; // hidden (hidepid), or gone a moment ago
+        if (ring::lock_identity(ring::lock_identity_pid(word), *start) != word)
+            return process_state::dead; // the pid now names another process
+        return state_of(pid);
+    }
+
+    /// Continues `handler` with the lock held (error_code{}), or with what ended the wait.
+    template <class Handler>
+    void async_lock(Handler&& handler) {
+        auto h = std::forward<Handler>(handler);
+        boost::asio::async_compose<std::decay_t<Handler>, void(error_code)>(lock_wait_op{this}, h,
+                                                                            get_executor());
+    }
+
+    /// Waits for the lock word: posted passes retry it for lock_spin_time (a holder's critical
+    /// section lasts microseconds), then the waiter marks itself asleep and sleeps on the lock's
+    /// bell. Each time it is about to sleep it looks at the holder: a dead one (its pid gone,
+    /// reused, or a zombie) has its lock taken over by compare-and-swap, after which the
+    /// caller's critical section repairs what the holder left (the dirty marker). Naps are
+    /// bounded (lock_nap_max), so a wake lost to a mark another waiter took is only late.
+    struct lock_wait_op {
+        basic_channel* self;
+        enum { start, spinning, sleeping } state = start;
+        std::chrono::steady_clock::time_point spin_until{};
+        std::chrono::milliseconds nap{1};
+
+        template <class Self>
+        void operator()(Self& handler, error_code ec = {}) {
+            auto& ch = *self;
+            if (state == start) { // never completes from the initiating function
+                state = spinning;
+                spin_until = std::chrono::steady_clock::now() + lock_spin_time;
+                return boost::asio::post(ch.get_executor(), std::move(handler));
+            }
+            bool rang = false;
+            if (state == sleeping) {
+                if (ec == boost::asio::error::timed_out)
+                    ec.clear();
+                else if (!ec)
+                    rang = true;
+                else
+                    return handler.complete(ch.room_error(ec));
+            }
+            if (ch.closed_ || handler.cancelled() != boost::asio::cancellation_type::none)
+                return handler.complete(aborted());
+            ring::lock_word word(ch.memory_.bytes());
+            if (word.try_lock(ch.lock_id_))
+                return acquired(handler, word, rang);
+            if (state == spinning && std::chrono::steady_clock::now() < spin_until)
+                return boost::asio::post(ch.get_executor(), std::move(handler));
+            word.mark_sleeper();
+            detail::crash_here(detail::crash_point::channel_lock_sleeper_marked);
+            if (word.try_lock(ch.lock_id_))
+                return acquired(handler, word, rang);
+            const std::uint64_t holder = word.holder();
+            if (holder != 0 && holder != ch.lock_id_ &&
+                holder_state(holder) == process_state::dead && word.steal(holder, ch.lock_id_)) {
+                detail::crash_here(detail::crash_point::channel_lock_stolen);
+                return acquired(handler, word, rang);
+            }
+            if ((ec = ch.check_objects_every(object_check_interval)))
+                return handler.complete(ec);
+            state = sleeping;
+            const auto this_nap = nap;
+            nap = std::min(nap * 2, lock_nap_max);
+            ch.set_.async_apply_for(op::acquire(ch.sems_.lock_bell()), this_nap,
+                                    ch.asleep_backoff(), std::move(handler));
+        }
+
+        template <class Self>
+        static void acquired(Self& handler, ring::lock_word& word, bool rang) {
+            // One ring wakes one sleeper: pass it on at our unlock, in case others sleep too.
+            if (rang)
+                word.mark_sleeper();
+            handler.complete(error_code{});
+        }
+    };
+
+    /// Which reader slots have a table entry (no syscall; a dead reader's entry stays until
+    /// reaped, so this holds back at least what live_slots() does).
+    std::vector<std::uint8_t> joined_slots(const ring::view& view) const {
+        std::vector<std::uint8_t> joined(options_.shape.max_readers, 0);
+        for (std::size_t r = 0; r < joined.size(); ++r)
+            joined[r] = view.in_use(r) ? 1 : 0;
+        return joined;
+    }
+
+    /// The backoff of a wait that follows a spin on posted passes: no yield phase (with
+    /// doorbells it sleeps at once; a ring between its look and its sleep is never missed).
+    backoff asleep_backoff() const noexcept {
+        backoff b = options_.wait_backoff;
+        b.immediate_yields = 0;
+        return b;
+    }
 
     /// One GETALL: which reader slots are held by live readers.
     std::vector<std::uint8_t> live_slots(error_code& ec) const {
@@ -600,7 +768,7 @@ private:
                     return ch.defer(handler, deferred, ec);
                 detail::crash_here(detail::crash_point::channel_join_slot_taken);
                 locking = true;
-                ch.set_.async_apply(lock_op(), std::move(handler));
+                ch.async_lock(std::move(handler));
                 return;
             }
             if (!ec) {
@@ -647,7 +815,7 @@ private:
                 if (ch.slot_ == no_slot)
                     return ch.defer(handler, deferred, make_error_code(errc::invalid_argument));
                 locking = true;
-                ch.set_.async_apply(lock_op(), std::move(handler));
+                ch.async_lock(std::move(handler));
                 return;
             }
             bool removed = false;
@@ -683,7 +851,9 @@ private:
         const boost::asio::const_buffer* batch = nullptr; ///< async_send_batch's messages
         std::size_t count = 1;
         std::size_t next = 0; ///< the first message not sent yet
-        enum { start, locking, waiting_for_space } state = start;
+        enum { start, locking, retrying, waiting_for_space } state = start;
+        bool initiating = false; ///< in the initiating function: complete through defer()
+        std::chrono::steady_clock::time_point spin_until{}; ///< set when the ring was full
         std::optional<error_code> deferred{};
 
         // Not stored as a span: the operation moves, and `single` with it.
@@ -709,6 +879,18 @@ private:
                     return ch.defer(handler, deferred, make_error_code(errc::not_open));
                 if (count == 0)
                     return ch.defer(handler, deferred, error_code{});
+                // The fast path: the lock is free, the copy is made here and the completion
+                // posted (never inline).
+                if (ch.try_lock()) {
+                    initiating = true;
+                    return critical_section(handler);
+                }
+                break;
+            case retrying: // a pass after finding the ring full: the reader may have made room
+                if (handler.cancelled() != boost::asio::cancellation_type::none)
+                    return handler.complete(aborted());
+                if (ch.try_lock())
+                    return critical_section(handler);
                 break;
             case waiting_for_space:
                 if (ec == boost::asio::error::timed_out)
@@ -722,11 +904,20 @@ private:
             if (ec)
                 return handler.complete(ch.room_error(ec));
             state = locking;
-            ch.set_.async_apply(lock_op(), std::move(handler));
+            ch.async_lock(std::move(handler));
+        }
+
+        /// Completes from wherever the operation is: through the executor when still in the
+        /// initiating function.
+        template <class Self>
+        void finish(Self& handler, error_code ec) {
+            if (std::exchange(initiating, false))
+                return self->defer(handler, deferred, ec);
+            handler.complete(ec);
         }
 
         /// Appends as many messages as fit (all of them, unless a live reader holds the ring
-        /// full), rings the sleeping readers' doorbells, and releases the lock in one semop.
+        /// full), rings the sleeping readers' doorbells, and releases the lock.
         template <class Self>
         void critical_section(Self& handler) {
             auto& ch = *self;
@@ -735,21 +926,33 @@ private:
             if (ec) {
                 error_code ignored;
                 ch.unlock(ignored);
-                return handler.complete(ch.room_error(ec));
+                return finish(handler, ch.room_error(ec));
             }
             detail::crash_here(detail::crash_point::channel_send_locked);
             view.repair();
-            bool collected = false; // one GETALL per lock hold at most
+            // Still within the writer's spin (see below): no GETALL yet.
+            const bool may_spin = spin_until == std::chrono::steady_clock::time_point{} ||
+                                  std::chrono::steady_clock::now() < spin_until;
+            bool collected = false, checked_liveness = false;
+            const auto collect_live = [&] { // one GETALL per lock hold at most
+                checked_liveness = true;
+                const auto live = ch.live_slots(ec);
+                if (!ec)
+                    view.collect(live);
+                return !ec;
+            };
             std::optional<std::chrono::steady_clock::duration> wait_for_room;
             for (; next < count; ++next) {
                 const auto& m = message(next);
                 if (!view.fits(m.size()) && !collected) {
-                    const auto live = ch.live_slots(ec);
-                    if (ec)
-                        break;
-                    view.collect(live);
+                    // What every joined reader has read is free (no syscall): the table's
+                    // cursors hold back at least as much as the live readers' do.
+                    view.collect(ch.joined_slots(view));
                     collected = true;
                 }
+                // Still full: free also what dead readers hold.
+                if (!view.fits(m.size()) && !checked_liveness && !may_spin && !collect_live())
+                    break;
                 if (view.fits(m.size())) {
                     if (view.full_since() != 0)
                         view.set_full_since(0);
@@ -769,8 +972,11 @@ private:
                         wait_for_room = ch.options_.slow_reader_grace - waited;
                         break;
                     }
+                    if (!checked_liveness && !collect_live())
+                        break;
                     error_code corrupt;
-                    view.drop_oldest(m.size(), corrupt); // a corrupt ring is emptied
+                    if (!view.fits(m.size()))
+                        view.drop_oldest(m.size(), corrupt); // a corrupt ring is emptied
                 }
                 view.begin_write(ch.pid_);
                 detail::crash_here(detail::crash_point::channel_send_dirty);
@@ -786,7 +992,14 @@ private:
             for (std::size_t r = 0; r < ch.options_.shape.max_readers; ++r)
                 if (view.take_sleeping(r))
                     extra.push_back(op::release(ch.sems_.doorbell(r)));
-            if (wait_for_room && !ec)
+            // A writer that found the ring full first retries on posted passes for a while
+            // (the reader, awake, frees room without the lock); only then does it count itself
+            // as waiting, which sends readers to the locked path that rings `space`.
+            const auto now = std::chrono::steady_clock::now();
+            if (wait_for_room && !ec && spin_until == std::chrono::steady_clock::time_point{})
+                spin_until = now + space_spin_time;
+            const bool spin = wait_for_room && !ec && now < spin_until;
+            if (wait_for_room && !ec && !spin)
                 view.set_waiting_writers(view.waiting_writers() + 1);
             detail::crash_here(detail::crash_point::channel_send_unlocking);
             error_code unlock_error;
@@ -794,11 +1007,17 @@ private:
             if (!ec)
                 ec = unlock_error;
             if (ec || !wait_for_room)
-                return handler.complete(ch.room_error(ec));
+                return finish(handler, ch.room_error(ec));
             // A cancellation that came while no wait was pending is not lost (messages before
             // `next` of a batch are sent; a single message was not).
             if (handler.cancelled() != boost::asio::cancellation_type::none)
-                return handler.complete(aborted());
+                return finish(handler, aborted());
+            initiating = false;
+            if (spin) {
+                state = retrying;
+                return boost::asio::post(ch.get_executor(), std::move(handler));
+            }
+            spin_until = {};
             // Re-check at least every 50 ms even without a ring (belt and braces: a reader that
             // made room and stopped calling receive cannot ring).
             state = waiting_for_space;
@@ -816,7 +1035,9 @@ private:
         using result_type =
             std::conditional_t<Batch, std::vector<channel_message>, channel_message>;
         basic_channel* self;
-        enum { start, locking, sleeping } state = start;
+        enum { start, spinning, locking, sleeping } state = start;
+        bool initiating = false; ///< in the initiating function: complete through defer()
+        std::chrono::steady_clock::time_point spin_until{};
         std::optional<std::pair<error_code, result_type>> deferred{};
 
         template <class Self>
@@ -834,8 +1055,42 @@ private:
                     return ch.defer(
                         handler, deferred,
                         std::pair(make_error_code(errc::invalid_argument), result_type{}));
-                if (ch.pending_missed_ != 0 || !ch.inbox_.empty() || drain_without_lock())
+                if (ch.pending_missed_ != 0 || !ch.inbox_.empty())
                     return ch.defer(handler, deferred, ch.template take_buffered<Batch>());
+                switch (drain_without_lock()) {
+                case drained::taken:
+                    return ch.defer(handler, deferred, ch.template take_buffered<Batch>());
+                case drained::empty:
+                    // Awake: look again on posted passes for a while before going to sleep
+                    // (a writer rings only readers that sleep; an awake one costs it nothing).
+                    state = spinning;
+                    spin_until = std::chrono::steady_clock::now() + receive_spin_time;
+                    return boost::asio::post(ch.get_executor(), std::move(handler));
+                case drained::need_lock:
+                    break;
+                }
+                if (ch.try_lock()) {
+                    initiating = true;
+                    return critical_section(handler);
+                }
+                break;
+            case spinning:
+                if (handler.cancelled() != boost::asio::cancellation_type::none)
+                    return handler.complete(aborted(), result_type{});
+                switch (drain_without_lock()) {
+                case drained::taken: {
+                    auto [result, message] = ch.template take_buffered<Batch>();
+                    return handler.complete(result, std::move(message));
+                }
+                case drained::empty:
+                    if (std::chrono::steady_clock::now() < spin_until)
+                        return boost::asio::post(ch.get_executor(), std::move(handler));
+                    break;
+                case drained::need_lock:
+                    break;
+                }
+                if (ch.try_lock())
+                    return critical_section(handler);
                 break;
             case sleeping:
                 if (ec == boost::asio::error::timed_out) {
@@ -848,7 +1103,7 @@ private:
                         return handler.complete(aborted(), result_type{});
                     break;
                 }
-                if (!ec && drain_without_lock()) {
+                if (!ec && drain_without_lock() == drained::taken) {
                     auto [result, message] = ch.template take_buffered<Batch>();
                     return handler.complete(result, std::move(message));
                 }
@@ -861,36 +1116,49 @@ private:
             if (ec)
                 return handler.complete(ch.room_error(ec), result_type{});
             state = locking;
-            ch.set_.async_apply(lock_op(), std::move(handler));
+            ch.async_lock(std::move(handler));
         }
 
-        /// Until a writer rings this reader's doorbell, or sleep_check_interval passes.
+        /// Completes from wherever the operation is: through the executor when still in the
+        /// initiating function.
+        template <class Self>
+        void finish(Self& handler, error_code ec, result_type result) {
+            if (std::exchange(initiating, false))
+                return self->defer(handler, deferred, std::pair(ec, std::move(result)));
+            handler.complete(ec, std::move(result));
+        }
+
+        /// Until a writer rings this reader's doorbell, or sleep_check_interval passes. The
+        /// reader has looked on posted passes already: it sleeps at once (no yield phase).
         template <class Self>
         void sleep(Self& handler) {
             auto& ch = *self;
             state = sleeping;
+            initiating = false;
             ch.set_.async_apply_for(op::acquire(ch.sems_.doorbell(ch.slot_)), sleep_check_interval,
-                                    std::move(handler));
+                                    ch.asleep_backoff(), std::move(handler));
         }
 
         /// The fast path (no syscall): messages between our cursor and head are ours to copy
         /// without the lock. Not taken when writers wait for room (the locked path wakes them)
         /// or when anything needs the lock's view (missed messages, a malformed ring).
-        bool drain_without_lock() {
+        enum class drained { taken, empty, need_lock };
+        drained drain_without_lock() {
             auto& ch = *self;
             error_code ec;
             auto view = ch.open_view(ec);
             if (ec || view.waiting_writers() > 0 || !ch.cursor_is_ours(view))
-                return false;
+                return drained::need_lock;
             std::vector<ring::message> batch;
-            if (view.read_unlocked(ch.slot_, batch, max_batch) !=
-                    ring::view::unlocked_read::taken ||
-                batch.empty())
-                return false;
+            const auto read = view.read_unlocked(ch.slot_, batch, max_batch);
+            if (read == ring::view::unlocked_read::need_lock)
+                return drained::need_lock;
+            if (read != ring::view::unlocked_read::taken || batch.empty())
+                return drained::empty;
             ch.remember_cursor(view);
             for (auto& m : batch)
                 ch.inbox_.push_back(std::move(m));
-            return true;
+            return drained::taken;
         }
 
         template <class Self>
@@ -932,19 +1200,19 @@ private:
             if (!ec && go_to_sleep)
                 ec = ch.check_objects_every(object_check_interval);
             if (ec)
-                return handler.complete(ch.room_error(ec), result_type{});
+                return finish(handler, ch.room_error(ec), result_type{});
             if (go_to_sleep) {
                 // A cancellation that came while no wait was pending is not lost: nothing was
                 // received, so abort before waiting again.
                 if (handler.cancelled() != boost::asio::cancellation_type::none)
-                    return handler.complete(aborted(), result_type{});
+                    return finish(handler, aborted(), result_type{});
                 return sleep(handler);
             }
             ch.pending_missed_ += missed;
             for (auto& m : batch)
                 ch.inbox_.push_back(std::move(m));
             auto [result, taken] = ch.template take_buffered<Batch>();
-            handler.complete(result, std::move(taken));
+            finish(handler, result, std::move(taken));
         }
     };
 
@@ -970,7 +1238,7 @@ private:
                         handler, deferred,
                         std::pair(make_error_code(errc::not_open), std::vector<ring::member>{}));
                 locking = true;
-                ch.set_.async_apply(lock_op(), std::move(handler));
+                ch.async_lock(std::move(handler));
                 return;
             }
             std::vector<ring::member> result;
@@ -1045,6 +1313,20 @@ private:
     }
 
     static constexpr std::size_t max_batch = 4096;
+    /// PID_MAX_LIMIT on 64-bit Linux: a lock word naming a larger pid was written by something
+    /// else than a member.
+    static constexpr pid_t max_pid = 4194304;
+    /// How long an awake reader with nothing to read looks again on posted passes before it
+    /// sleeps (marks itself asleep under the lock, so writers ring its doorbell), and how long
+    /// a waiter for the lock retries it before sleeping on the lock's bell: a writer's
+    /// critical section, and the gap between two messages of a busy writer, are microseconds.
+    static constexpr std::chrono::microseconds receive_spin_time{50}, lock_spin_time{50};
+    /// How long a writer that found the ring full retries on posted passes (an awake reader
+    /// frees room without the lock) before it counts itself as waiting and sleeps on `space`.
+    static constexpr std::chrono::microseconds space_spin_time{100};
+    /// The longest nap of a lock waiter between two looks at the holder (a wake taken by
+    /// another waiter, or a holder that died, is noticed within it).
+    static constexpr std::chrono::milliseconds lock_nap_max{50};
     /// How often a busy channel looks at its objects (one IPC_STAT): a removed room is noticed
     /// within this time by any operation that runs.
     static constexpr std::chrono::milliseconds object_check_interval{100};
@@ -1059,6 +1341,8 @@ private:
     shared_memory segment_;
     attachment memory_;
     std::uint32_t pid_;
+    std::uint64_t lock_id_;       ///< this process in the lock word (pid and start time)
+    std::uint64_t pid_namespace_; ///< must match the segment's (its lock names pids)
     const char* failed_step_ = "channel open_or_create"; ///< for open_or_create's message
     std::uint64_t owner_ = 0; ///< the set id the segment was initialised for
     std::chrono::steady_clock::time_point last_check_{};

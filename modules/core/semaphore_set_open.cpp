@@ -3,6 +3,7 @@ module;
 
 #include <sys/ipc.h>
 #include <sys/sem.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <cerrno>
@@ -18,6 +19,9 @@ module;
 #include <array>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -105,6 +109,44 @@ process_state state_of(pid_t pid) noexcept {
     default:
         return process_state::running;
     }
+}
+
+std::optional<std::uint64_t> start_time_of(pid_t pid) noexcept {
+    if (pid <= 0)
+        return std::nullopt;
+    char path[32];
+    std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
+    const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1)
+        return std::nullopt;
+    char buffer[1024];
+    const ssize_t n = ::read(fd, buffer, sizeof buffer - 1);
+    ::close(fd);
+    if (n <= 0)
+        return std::nullopt;
+    buffer[n] = '\0';
+    // Field 22 (starttime); fields 3.. follow the last ')' of "pid (comm) ".
+    const char* p = std::strrchr(buffer, ')');
+    if (p == nullptr)
+        return std::nullopt;
+    ++p;
+    for (int field = 3; field < 22; ++field) { // p: the space before `field`
+        p = std::strchr(p + 1, ' ');
+        if (p == nullptr)
+            return std::nullopt;
+    }
+    char* end = nullptr;
+    const unsigned long long value = std::strtoull(p + 1, &end, 10);
+    if (end == p + 1)
+        return std::nullopt;
+    return static_cast<std::uint64_t>(value);
+}
+
+std::uint64_t pid_namespace_id() noexcept {
+    struct stat st {};
+    if (::stat("/proc/self/ns/pid", &st) == -1)
+        return 0;
+    return static_cast<std::uint64_t>(st.st_ino);
 }
 
 std::string_view to_string(process_state state) noexcept {

@@ -624,6 +624,15 @@ enum class process_state {
 /// The state of process `pid` now (a snapshot).
 process_state state_of(pid_t pid) noexcept;
 
+/// When process `pid` started (clock ticks after boot, /proc/<pid>/stat field 22), or nothing if
+/// it is gone or unreadable. With the pid it names one process: a pid reused later comes with
+/// another start time.
+std::optional<std::uint64_t> start_time_of(pid_t pid) noexcept;
+
+/// The inode of this process's PID namespace (/proc/self/ns/pid), 0 if unreadable. Processes
+/// that compare pids must be in the same one.
+std::uint64_t pid_namespace_id() noexcept;
+
 /// "running", "stopped", "dead" or "unknown".
 std::string_view to_string(process_state state) noexcept;
 
@@ -796,6 +805,9 @@ enum class crash_point : unsigned char {
     ring_append_written,         ///< send: record bytes written, head not moved
     channel_send_published,      ///< send: head moved past the record, marker not cleared
     channel_send_unlocking,      ///< send: write finished, lock and doorbells not released
+    channel_unlocked,            ///< any holder: lock word released, doorbells not yet rung
+    channel_lock_sleeper_marked, ///< lock wait: marked as sleeping on the lock, not yet asleep
+    channel_lock_stolen,         ///< lock wait: lock taken from a dead holder, nothing repaired
     channel_receive_locked,      ///< receive: lock taken, nothing read
     channel_receive_read,        ///< receive: cursor moved past what was read, lock held
     ring_unlocked_copied,        ///< receive without the lock: records copied, cursor not moved
@@ -818,6 +830,9 @@ inline constexpr std::array<std::string_view, crash_point_count> crash_point_nam
     "ring_append_written",
     "channel_send_published",
     "channel_send_unlocking",
+    "channel_unlocked",
+    "channel_lock_sleeper_marked",
+    "channel_lock_stolen",
     "channel_receive_locked",
     "channel_receive_read",
     "ring_unlocked_copied",

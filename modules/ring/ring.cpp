@@ -60,9 +60,11 @@ T get(std::span<const std::byte> s, std::size_t offset) noexcept {
 }
 } // namespace
 
-void initialise(std::span<std::byte> segment, const layout& l, std::uint64_t owner) noexcept {
+void initialise(std::span<std::byte> segment, const layout& l, std::uint64_t owner,
+                std::uint64_t pid_namespace) noexcept {
     std::memset(segment.data(), 0, offsets::header_size + l.max_readers * offsets::entry_size);
     put<std::uint64_t>(segment, offsets::owner, owner);
+    put<std::uint64_t>(segment, offsets::pid_namespace, pid_namespace);
     put<std::uint32_t>(segment, offsets::version, version);
     put<std::uint32_t>(segment, offsets::max_readers, l.max_readers);
     put<std::uint32_t>(segment, offsets::max_message_size, l.max_message_size);
@@ -121,6 +123,45 @@ std::uint64_t view::load64_acquire(std::size_t offset) const noexcept {
 void view::store64_release(std::size_t offset, std::uint64_t v) noexcept {
     __atomic_store_n(reinterpret_cast<std::uint64_t*>(segment_.data() + offset), v,
                      __ATOMIC_RELEASE);
+}
+
+namespace {
+std::uint64_t* word64(std::span<std::byte> s, std::size_t offset) noexcept {
+    return reinterpret_cast<std::uint64_t*>(s.data() + offset);
+}
+std::uint32_t* word32(std::span<std::byte> s, std::size_t offset) noexcept {
+    return reinterpret_cast<std::uint32_t*>(s.data() + offset);
+}
+} // namespace
+
+std::uint64_t lock_word::holder() const noexcept {
+    return __atomic_load_n(reinterpret_cast<const std::uint64_t*>(segment_.data() + offsets::lock),
+                           __ATOMIC_ACQUIRE);
+}
+bool lock_word::try_lock(std::uint64_t me) noexcept {
+    std::uint64_t expected = 0;
+    return __atomic_compare_exchange_n(word64(segment_, offsets::lock), &expected, me, false,
+                                       __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
+}
+bool lock_word::steal(std::uint64_t holder, std::uint64_t me) noexcept {
+    return holder != 0 && __atomic_compare_exchange_n(word64(segment_, offsets::lock), &holder, me,
+                                                      false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
+}
+void lock_word::mark_sleeper() noexcept {
+    __atomic_store_n(word32(segment_, offsets::lock_sleepers), 1u, __ATOMIC_SEQ_CST);
+}
+lock_word::unlock_result lock_word::unlock(std::uint64_t me) noexcept {
+    std::uint64_t expected = me;
+    // Sequentially consistent with mark_sleeper() + try_lock(): a waiter either sees the lock
+    // free, or its mark is seen here.
+    if (!__atomic_compare_exchange_n(word64(segment_, offsets::lock), &expected, 0, false,
+                                     __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+        return unlock_result::not_held;
+    if (__atomic_load_n(word32(segment_, offsets::lock_sleepers), __ATOMIC_SEQ_CST) == 0)
+        return unlock_result::released;
+    return __atomic_exchange_n(word32(segment_, offsets::lock_sleepers), 0u, __ATOMIC_SEQ_CST) != 0
+               ? unlock_result::released_wake_sleepers
+               : unlock_result::released;
 }
 
 bool view::consistent(std::uint64_t head, std::uint64_t head_seq, std::uint64_t tail,

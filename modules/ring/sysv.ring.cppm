@@ -11,6 +11,9 @@
 //   tail .. head   : records still readable (sequences tail_seq .. head_seq - 1)
 //   reader cursor  : the next record a reader will read; a cursor behind tail has missed
 //                    tail_seq - cursor_seq messages (dropped for a reader that did not keep up)
+//   lock           : the channel's lock word: 0 when free, else the holder's identity (pid and
+//                    start time, lock_identity()); taken and released by compare-and-swap.
+//                    lock_sleepers is set by a waiter about to sleep, so the releaser wakes it.
 //
 // The segment is untrusted input: another process may have written anything. Every field is
 // read once into a local, every position and length is checked against the layout that was
@@ -35,7 +38,7 @@ export import sysv.core;
 export namespace sysv::ring {
 
 inline constexpr std::uint64_t magic = 0x314e484356535953ULL; // "SYSVCHN1"
-inline constexpr std::uint32_t version = 2;
+inline constexpr std::uint32_t version = 3;
 inline constexpr std::uint32_t wrap_marker = 0xFFFFFFFFu;
 inline constexpr std::size_t label_capacity = 48;
 inline constexpr std::size_t record_header_size = 16;
@@ -58,7 +61,8 @@ namespace offsets {
 inline constexpr std::size_t magic = 0, version = 8, max_readers = 12, max_message_size = 16,
                              capacity = 24, head = 32, head_seq = 40, tail = 48, tail_seq = 56,
                              dirty = 64, dirty_pid = 68, waiting_writers = 72, repairs = 80,
-                             full_since = 88, owner = 96, header_size = 128;
+                             full_since = 88, owner = 96, lock = 104, lock_sleepers = 112,
+                             pid_namespace = 120, header_size = 128;
 inline constexpr std::size_t cursor = 0, cursor_seq = 8, pid = 16, in_use = 20, sleeping = 24,
                              label = 32, entry_size = 96;
 } // namespace offsets
@@ -76,11 +80,47 @@ std::uint64_t segment_size(const layout& l) noexcept;
 /// Writes a fresh header (magic last) and clears the reader table. `owner` tags the segment with
 /// what it belongs to (the channel stores its semaphore set's id: a segment and a set of
 /// different generations are never paired).
-void initialise(std::span<std::byte> segment, const layout& l, std::uint64_t owner = 0) noexcept;
+/// `pid_namespace` records the PID namespace of the processes that may use it (lock identities
+/// hold pids).
+void initialise(std::span<std::byte> segment, const layout& l, std::uint64_t owner = 0,
+                std::uint64_t pid_namespace = 0) noexcept;
+
+/// The lock word of a process: its pid and the low 32 bits of its start time (a pid reused by a
+/// later process comes with another start time). Never 0 for a real pid.
+constexpr std::uint64_t lock_identity(std::uint32_t pid, std::uint64_t start_time) noexcept {
+    return (std::uint64_t(pid) << 32) | (start_time & 0xffffffffu);
+}
+constexpr std::uint32_t lock_identity_pid(std::uint64_t identity) noexcept {
+    return static_cast<std::uint32_t>(identity >> 32);
+}
 
 /// True if the segment has no header yet (all-zero magic: a freshly created segment, or a
 /// creator that died before finishing initialise()).
 bool is_blank(std::span<const std::byte> segment) noexcept;
+
+/// The channel's lock word in a segment's header (at a fixed offset, so it is usable even when
+/// the rest of the header was found corrupt). Atomic operations: none assumes the lock is held.
+class lock_word {
+public:
+    /// `segment` must hold at least the header (offsets::header_size bytes).
+    explicit lock_word(std::span<std::byte> segment) noexcept : segment_(segment) {}
+    /// Who holds the lock (a lock_identity()), 0 when it is free.
+    std::uint64_t holder() const noexcept;
+    /// Takes the lock if it is free (compare-and-swap 0 -> `me`).
+    bool try_lock(std::uint64_t me) noexcept;
+    /// Takes the lock from `holder`, found dead, if it still holds it (compare-and-swap).
+    bool steal(std::uint64_t holder, std::uint64_t me) noexcept;
+    /// A waiter is about to sleep: the next unlock() reports it. Call before the last try_lock()
+    /// (either that attempt sees the lock free, or the releaser sees the mark).
+    void mark_sleeper() noexcept;
+    enum class unlock_result { released, released_wake_sleepers, not_held };
+    /// Releases the lock held by `me` and takes the sleepers' mark; not_held (nothing changed)
+    /// if the word does not hold `me`: another process wrote it.
+    unlock_result unlock(std::uint64_t me) noexcept;
+
+private:
+    std::span<std::byte> segment_;
+};
 
 /// One message taken from the ring.
 struct message {
@@ -107,6 +147,8 @@ public:
     const layout& shape() const noexcept { return layout_; }
     /// The tag written by initialise().
     std::uint64_t owner() const noexcept { return load64(offsets::owner); }
+    /// The PID namespace written by initialise().
+    std::uint64_t pid_namespace() const noexcept { return load64(offsets::pid_namespace); }
 
     // ---- writer side ----
     /// Whether a record of `payload` bytes fits without dropping anything.

@@ -1,8 +1,8 @@
 // libFuzzer target for the channel's ring (sysv.ring): every reader of shared-memory contents
 // must survive arbitrary bytes written by another process. The input builds a valid ring (so
 // the fuzzer gets past the header checks), then overwrites bytes of it anywhere, then runs
-// every operation a reader or writer performs under the channel's lock. ASan and UBSan turn any
-// out-of-bounds access or undefined behaviour into a crash.
+// every operation a reader or writer performs under the channel's lock (and the lock word's
+// own). ASan and UBSan turn any out-of-bounds access or undefined behaviour into a crash.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -68,10 +68,22 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         for (std::size_t i = 0; i < width && at + i < memory.size(); ++i)
             memory[at + i] = static_cast<std::byte>(in.take<std::uint8_t>());
     }
+    // The lock word is used before the header is checked (and whatever it holds): take it, take
+    // it over from whoever the scribbles left there, mark a sleeper, release it.
+    ring::lock_word lock(memory);
+    const std::uint64_t me = ring::lock_identity(7, 42);
+    const std::uint64_t found = lock.holder();
+    if (!lock.try_lock(me) && !lock.steal(found, me))
+        __builtin_trap(); // free, or held by `found`: one of the two takes it
+    lock.mark_sleeper();
+    if (lock.unlock(me) != ring::lock_word::unlock_result::released_wake_sleepers ||
+        lock.holder() != 0)
+        __builtin_trap();
     // Everything a participant does with the lock held.
     auto view = ring::view::open(memory, ec);
     if (ec)
         return 0; // refused: that is a valid outcome
+    (void)view.pid_namespace();
     view.repair();
     std::vector<std::uint8_t> live(view.shape().max_readers, 1);
     view.collect(live);
