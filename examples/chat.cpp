@@ -212,13 +212,20 @@ private:
 
     /// Opens or creates the room. False (after the message) when it cannot.
     bool open() {
+        if (auto failure = open_room()) {
+            report(*failure);
+            return false;
+        }
+        return true;
+    }
+    /// Opens or creates the room (again, after it was removed): the message when it cannot.
+    std::optional<std::string> open_room() {
         try {
             channel_.emplace(
                 sysv::channel::open_or_create(io_.get_executor(), room_key(settings_.room)));
-            return true;
+            return std::nullopt;
         } catch (const std::exception& e) {
-            report("cannot open room " + settings_.room + ": " + e.what());
-            return false;
+            return "cannot open room " + settings_.room + ": " + e.what();
         }
     }
 
@@ -256,13 +263,8 @@ private:
                     error_code{},
                     "cannot join room " + settings_.room + ": " + ec.message() +
                         (ec == sysv::errc::no_free_slot ? " (the room is full)" : ""));
-            try {
-                channel_.emplace(
-                    sysv::channel::open_or_create(io_.get_executor(), room_key(settings_.room)));
-            } catch (const std::exception& e) {
-                co_return ending::failed(error_code{},
-                                         "cannot open room " + settings_.room + ": " + e.what());
-            }
+            if (auto failure = open_room())
+                co_return ending::failed(error_code{}, std::move(*failure));
         }
     }
 
