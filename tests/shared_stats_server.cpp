@@ -20,13 +20,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
+
+import sysv.core;
 
 extern char** environ;
 
@@ -305,18 +306,6 @@ nlohmann::json get_stats(int port) {
     const reply r = get(port, "/stats");
     BOOST_REQUIRE_EQUAL(r.status, 200);
     return nlohmann::json::parse(r.body);
-}
-
-/// Whether `pid` is a live process (not gone, not a zombie nobody reaped yet: a worker whose
-/// master died is reparented, and its new parent may reap it late or never).
-bool alive(pid_t pid) {
-    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-    std::string line;
-    if (!std::getline(stat, line))
-        return false;
-    const auto paren = line.rfind(')');
-    return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z' &&
-           line[paren + 2] != 'X';
 }
 
 /// The pids of the server's `count` workers, once all of them run (a worker may answer before
@@ -752,8 +741,12 @@ BOOST_AUTO_TEST_CASE(objects_left_by_a_killed_server_are_replaced_by_the_next_on
         crashed.signal(SIGKILL);
         BOOST_TEST(crashed.wait_exit() == 128 + SIGKILL);
         // The workers follow their master (parent-death signal).
-        BOOST_TEST(sysv_test::eventually(
-            [&] { return std::none_of(workers.begin(), workers.end(), alive); }));
+        BOOST_TEST(sysv_test::eventually([&] {
+            return std::all_of(workers.begin(), workers.end(), [](pid_t w) {
+                // gone, or a zombie nobody reaped yet (its new parent may reap it late)
+                return sysv::state_of(w) == sysv::process_state::dead;
+            });
+        }));
         BOOST_TEST(!objects_gone(key_file)); // the master could not remove them
         process next({"--workers", "1", "--key-file", key_file}, key_file);
         const int next_port = next.port();
