@@ -23,6 +23,7 @@ sysv_add_module_library(asio_sysv
         ${_asio_sysv_dir}/ring/ring.cpp
         ${_asio_sysv_dir}/async/poll_service.cpp
         ${_asio_sysv_dir}/async/doorbell_watchers.cpp
+        ${_asio_sysv_dir}/channel/channel.cpp
 )
 unset(_asio_sysv_dir)
 # Usage requirements: everything that changes what the std/Boost headers expand to must be the

@@ -5,8 +5,8 @@
 // reclaimed and reported at most once, the member count is right, the next joiner works, and the
 // last one out leaves nothing behind. A victim killed holding the lock leaves it held: the
 // survivor's next operation takes it over from the dead holder. The test walks
-// sysv::detail::crash_point_names, and the scenario switch has no default: a new step without a
-// crash test does not compile.
+// every sysv::detail::crash_point (crash_point_count), and the scenario switch has no default: a
+// new step without a crash test does not compile.
 #include "harness.hpp"
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -150,7 +150,7 @@ BOOST_AUTO_TEST_SUITE(crash_points)
 BOOST_AUTO_TEST_CASE(a_process_killed_at_any_step_leaves_a_channel_the_others_can_use) {
     for (std::size_t i = 0; i < sysv::detail::crash_point_count; ++i) {
         const auto point = static_cast<crash_point>(i);
-        const std::string name(sysv::detail::crash_point_names[i]);
+        const std::string name(sysv::detail::crash_point_name(point));
         BOOST_TEST_MESSAGE("crash point " << name);
         sysv_test::ipc_guard guard;
         const sysv::key k(guard.temp_key());

@@ -210,6 +210,54 @@ void throw_layout_error(const error_code& ec, std::size_t offset, std::size_t co
                                " in a segment of " + std::to_string(segment_size) + " bytes");
 }
 
+std::string_view crash_point_name(crash_point point) noexcept {
+    switch (point) { // no default: a new point without a name does not compile (-Wswitch)
+    case crash_point::set_created:
+        return "set_created";
+    case crash_point::set_initialised:
+        return "set_initialised";
+    case crash_point::channel_open_locked:
+        return "channel_open_locked";
+    case crash_point::channel_open_initialised:
+        return "channel_open_initialised";
+    case crash_point::channel_join_slot_taken:
+        return "channel_join_slot_taken";
+    case crash_point::channel_join_entry_written:
+        return "channel_join_entry_written";
+    case crash_point::channel_send_locked:
+        return "channel_send_locked";
+    case crash_point::channel_send_dirty:
+        return "channel_send_dirty";
+    case crash_point::ring_append_written:
+        return "ring_append_written";
+    case crash_point::channel_send_published:
+        return "channel_send_published";
+    case crash_point::channel_send_unlocking:
+        return "channel_send_unlocking";
+    case crash_point::channel_unlocked:
+        return "channel_unlocked";
+    case crash_point::channel_lock_sleeper_marked:
+        return "channel_lock_sleeper_marked";
+    case crash_point::channel_lock_stolen:
+        return "channel_lock_stolen";
+    case crash_point::channel_receive_locked:
+        return "channel_receive_locked";
+    case crash_point::channel_receive_read:
+        return "channel_receive_read";
+    case crash_point::ring_unlocked_copied:
+        return "ring_unlocked_copied";
+    case crash_point::channel_reap_locked:
+        return "channel_reap_locked";
+    case crash_point::channel_leave_locked:
+        return "channel_leave_locked";
+    case crash_point::channel_leave_entry_cleared:
+        return "channel_leave_entry_cleared";
+    case crash_point::channel_leave_removing:
+        return "channel_leave_removing";
+    }
+    return "unknown";
+}
+
 #ifdef SYSV_CRASH_POINTS
 namespace {
 std::atomic<int> armed_crash_point{-1};

@@ -431,6 +431,19 @@ std::string semaphore_set::description() const {
 
 namespace detail {
 
+semop_buffer::semop_buffer(operation_list ops, short extra_flags) {
+    if (ops.size() > inline_.size())
+        heap_.resize(ops.size());
+    size_ = ops.size();
+    sembuf* out = data();
+    for (const operation& o : ops) {
+        out->sem_num = static_cast<unsigned short>(o.index());
+        out->sem_op = static_cast<short>(o.delta());
+        out->sem_flg = static_cast<short>(extra_flags | (o.uses_undo() ? SEM_UNDO : 0));
+        ++out;
+    }
+}
+
 attempt_result try_semop(int set_id, semop_buffer& ops, error_code& ec) noexcept {
     for (;;) {
         if (::semop(set_id, ops.data(), ops.size()) == 0) {

@@ -687,18 +687,7 @@ error_code id_error(int err) noexcept;
 class semop_buffer {
 public:
     semop_buffer() = default;
-    semop_buffer(operation_list ops, short extra_flags) {
-        if (ops.size() > inline_.size())
-            heap_.resize(ops.size());
-        size_ = ops.size();
-        sembuf* out = data();
-        for (const operation& o : ops) {
-            out->sem_num = static_cast<unsigned short>(o.index());
-            out->sem_op = static_cast<short>(o.delta());
-            out->sem_flg = static_cast<short>(extra_flags | (o.uses_undo() ? SEM_UNDO : 0));
-            ++out;
-        }
-    }
+    semop_buffer(operation_list ops, short extra_flags);
     std::span<const sembuf> span() const noexcept {
         return {heap_.empty() ? inline_.data() : heap_.data(), size_};
     }
@@ -818,29 +807,8 @@ enum class crash_point : unsigned char {
 };
 inline constexpr std::size_t crash_point_count =
     static_cast<std::size_t>(crash_point::channel_leave_removing) + 1;
-inline constexpr std::array<std::string_view, crash_point_count> crash_point_names{
-    "set_created",
-    "set_initialised",
-    "channel_open_locked",
-    "channel_open_initialised",
-    "channel_join_slot_taken",
-    "channel_join_entry_written",
-    "channel_send_locked",
-    "channel_send_dirty",
-    "ring_append_written",
-    "channel_send_published",
-    "channel_send_unlocking",
-    "channel_unlocked",
-    "channel_lock_sleeper_marked",
-    "channel_lock_stolen",
-    "channel_receive_locked",
-    "channel_receive_read",
-    "ring_unlocked_copied",
-    "channel_reap_locked",
-    "channel_leave_locked",
-    "channel_leave_entry_cleared",
-    "channel_leave_removing",
-};
+/// The point's name, as written above ("channel_send_locked").
+std::string_view crash_point_name(crash_point point) noexcept;
 
 #ifdef SYSV_CRASH_POINTS
 /// This process dies (SIGKILL) at the next crash_here(point).
