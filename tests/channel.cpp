@@ -432,4 +432,67 @@ BOOST_AUTO_TEST_CASE(misuse_and_foreign_channels_give_clear_errors) {
     BOOST_TEST((results[2] == sysv::errc::invalid_argument)); // leave before join
 }
 
+BOOST_AUTO_TEST_CASE(ready_sends_and_receives_complete_later_on_the_handlers_executor) {
+    // The ready path (lock free, room in the ring; messages already there) decides the result in
+    // the initiating function: it must still complete later, on the handler's associated
+    // executor (here another io_context's), with the result of the operation.
+    sysv_test::ipc_guard guard;
+    const sysv::key k(guard.temp_key());
+    asio::io_context io, elsewhere;
+    auto ch = open_guarded(guard, io, k);
+    bool joined = false;
+    ch.async_join("reader", [&](error_code ec) { joined = !ec; });
+    io.run();
+    io.restart();
+    BOOST_REQUIRE(joined);
+    const std::string first = "first", second = "second", big(ch.shape().max_message_size + 1, 'x');
+    const asio::const_buffer batch[] = {asio::buffer(first), asio::buffer(second)};
+    std::vector<std::string> events;
+    ch.async_send(asio::buffer(first), asio::bind_executor(elsewhere, [&](error_code ec) {
+                      events.push_back("sent " + ec.message());
+                  }));
+    ch.async_send_batch(batch, [&](error_code ec) { events.push_back("batch " + ec.message()); });
+    ch.async_send(asio::buffer(big), [&](error_code ec) {
+        events.push_back(ec == sysv::errc::limit_exceeded ? "too big" : "big " + ec.message());
+    });
+    BOOST_TEST(events.empty()); // sent, but not completed from the initiating functions
+    io.run();
+    io.restart();
+    BOOST_TEST(events == (std::vector<std::string>{"batch Success", "too big"}),
+               boost::test_tools::per_element());
+    elsewhere.run(); // the first handler's executor
+    elsewhere.restart();
+    BOOST_REQUIRE(events.size() == 3u);
+    BOOST_TEST(events[2] == "sent Success");
+    events.clear();
+    std::vector<std::string> received;
+    const auto on_message = [&](error_code ec, sysv::channel_message m) {
+        BOOST_TEST(!ec);
+        received.push_back(text_of(m));
+    };
+    ch.async_receive(asio::bind_executor(elsewhere, on_message)); // in the ring: ready
+    BOOST_TEST(received.empty());
+    io.run();
+    io.restart();
+    BOOST_TEST(received.empty()); // its executor is `elsewhere`
+    elsewhere.run();
+    elsewhere.restart();
+    ch.async_receive(on_message); // buffered by the first receive: ready
+    BOOST_TEST(received.size() == 1u);
+    ch.async_receive_batch([&](error_code ec, std::vector<sysv::channel_message> all) {
+        BOOST_TEST(!ec);
+        for (const auto& m : all)
+            received.push_back("batch: " + text_of(m));
+    });
+    BOOST_TEST(received.size() == 1u);
+    io.run();
+    io.restart();
+    BOOST_TEST(received == (std::vector<std::string>{"first", "first", "batch: second"}),
+               boost::test_tools::per_element());
+    bool left = false;
+    ch.async_leave([&](error_code ec, bool removed) { left = !ec && removed; });
+    io.run();
+    BOOST_TEST(left);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

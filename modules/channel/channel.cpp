@@ -122,9 +122,8 @@ bool channel_state::check_or_initialise(error_code& ec) {
         check_header();
     } else {
         // Initialise under the lock: one process does it.
-        if (!set().try_apply_for(lock_op(),
-                                 std::chrono::milliseconds(options_.open.initialisation_timeout),
-                                 ec)) {
+        if (!set().try_apply_for(
+                lock_op(), std::chrono::milliseconds(options_.open.initialisation_timeout), ec)) {
             if (ec == errc::removed) { // removed by a joiner that found it stale: try again
                 ec.clear();
                 return false;
@@ -266,7 +265,9 @@ channel_state::lock_step channel_state::lock_attempt(bool may_spin, error_code& 
     return lock_step::sleep;
 }
 
-void channel_state::pass_wake_on() noexcept { ring::lock_word(memory_.bytes()).mark_sleeper(); }
+void channel_state::pass_wake_on() noexcept {
+    ring::lock_word(memory_.bytes()).mark_sleeper();
+}
 
 // Applies `extra` (readers' doorbells, `space`, the member count and slot of a leaver: one
 // semop, only when there is something to ring) while the lock is still held, then releases the
@@ -275,8 +276,7 @@ void channel_state::pass_wake_on() noexcept { ring::lock_word(memory_.bytes()).m
 // "wake up".
 void channel_state::unlock(std::vector<operation>& extra, error_code& ec) {
     ec.clear();
-    if (!extra.empty() && !apply_now(std::span<const operation>(extra), ec) &&
-        ec != errc::removed)
+    if (!extra.empty() && !apply_now(std::span<const operation>(extra), ec) && ec != errc::removed)
         ec.clear();
     error_code unlock_error;
     unlock(unlock_error);
@@ -558,12 +558,14 @@ channel_state::send_locked(std::span<const boost::asio::const_buffer> messages, 
     // A writer that found the ring full first retries on posted passes for a while (the reader,
     // awake, frees room without the lock); only then does it count itself as waiting, which
     // sends readers to the locked path that rings `space`.
-    const auto now = std::chrono::steady_clock::now();
-    if (wait_for_room && !ec && spin_until == std::chrono::steady_clock::time_point{})
-        spin_until = now + space_spin_time;
-    out.spin = wait_for_room && !ec && now < spin_until;
-    if (wait_for_room && !ec && !out.spin)
-        view.set_waiting_writers(view.waiting_writers() + 1);
+    if (wait_for_room && !ec) {
+        const auto now = std::chrono::steady_clock::now();
+        if (spin_until == std::chrono::steady_clock::time_point{})
+            spin_until = now + space_spin_time;
+        out.spin = now < spin_until;
+        if (!out.spin)
+            view.set_waiting_writers(view.waiting_writers() + 1);
+    }
     crash_here(crash_point::channel_send_unlocking);
     error_code unlock_error;
     unlock(extra, unlock_error);

@@ -4,6 +4,8 @@ module;
 
 // Only the Asio headers this unit uses (see sysv.async.cppm).
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/append.hpp>
+#include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/cancellation_type.hpp>
@@ -367,8 +369,8 @@ public:
                   boost::asio::default_completion_token_t<executor_type>>
     auto async_send(boost::asio::const_buffer message,
                     Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
-        return boost::asio::async_compose<Token, void(error_code)>(send_op{this, message}, token,
-                                                                   get_executor());
+        return boost::asio::async_initiate<Token, void(error_code)>(initiate_send{this}, token,
+                                                                    send_op{this, message});
     }
 
     /// Sends each buffer of `messages` as one message, in order, taking the lock once for as
@@ -383,8 +385,8 @@ public:
     auto
     async_send_batch(std::span<const boost::asio::const_buffer> messages,
                      Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
-        return boost::asio::async_compose<Token, void(error_code)>(
-            send_op{this, {}, messages.data(), messages.size()}, token, get_executor());
+        return boost::asio::async_initiate<Token, void(error_code)>(
+            initiate_send{this}, token, send_op{this, {}, messages.data(), messages.size()});
     }
 
     /// Receives the next message (requires async_join). Completion:
@@ -394,8 +396,8 @@ public:
     template <boost::asio::completion_token_for<void(error_code, channel_message)> Token =
                   boost::asio::default_completion_token_t<executor_type>>
     auto async_receive(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
-        return boost::asio::async_compose<Token, void(error_code, channel_message)>(
-            receive_op<false>{this}, token, get_executor());
+        return boost::asio::async_initiate<Token, void(error_code, channel_message)>(
+            initiate_receive<false>{this}, token);
     }
 
     /// Receives every message available now (at least one; waits like async_receive when
@@ -406,8 +408,8 @@ public:
                   Token = boost::asio::default_completion_token_t<executor_type>>
     auto
     async_receive_batch(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
-        return boost::asio::async_compose<Token, void(error_code, std::vector<channel_message>)>(
-            receive_op<true>{this}, token, get_executor());
+        return boost::asio::async_initiate<Token, void(error_code, std::vector<channel_message>)>(
+            initiate_receive<true>{this}, token);
     }
 
     /// Readers that died without leaving (their slot semaphore was freed by the kernel): each
@@ -555,6 +557,17 @@ private:
     void defer(Self& handler, std::optional<Result>& slot, Result result) {
         slot.emplace(std::move(result));
         boost::asio::post(get_executor(), std::move(handler));
+    }
+
+    /// Posts a completion decided in an initiating function (never inline) straight to the
+    /// handler's associated executor (the channel's when it has none), with its associated
+    /// allocator: the operation is over, so no work is held on the channel's executor and no
+    /// second hop from it to the handler's is needed.
+    template <class Handler, class... Args>
+    void post_completion(Handler&& handler, Args&&... args) {
+        const auto ex = boost::asio::get_associated_executor(handler, get_executor());
+        boost::asio::post(
+            ex, boost::asio::append(std::forward<Handler>(handler), std::forward<Args>(args)...));
     }
 
     struct join_op {
@@ -837,6 +850,60 @@ private:
             initiating = false;
             ch.set_.async_apply_for(op::acquire(ch.sems_.doorbell(ch.slot_)), sleep_check_interval,
                                     ch.asleep_backoff(), std::move(handler));
+        }
+    };
+
+    /// async_send and async_send_batch. The ready path (the lock is free and the ring has room:
+    /// the common case) sends in the initiating function and posts the completion: a plain
+    /// post, without a composed operation's state, work guard and cancellation state. Anything
+    /// else (a wait, an error to report) goes through send_op from its start.
+    struct initiate_send {
+        basic_channel* self;
+        using executor_type = Executor;
+        executor_type get_executor() const noexcept { return self->get_executor(); }
+
+        template <class Handler>
+        void operator()(Handler&& handler, send_op op) const {
+            auto& ch = *self;
+            const auto messages = op.messages();
+            const bool valid = !ch.closed_ && ch.set_.is_open() && !messages.empty() &&
+                               std::all_of(messages.begin(), messages.end(), [&](const auto& m) {
+                                   return m.size() <= ch.options_.shape.max_message_size;
+                               });
+            if (valid && ch.try_lock()) {
+                std::chrono::steady_clock::time_point spin_until{};
+                const auto sent = ch.send_locked(messages, op.next, spin_until);
+                if (sent.ec || !sent.wait_for_room)
+                    return ch.post_completion(std::forward<Handler>(handler), sent.ec);
+                // The ring is full: send_op waits for room (after `next`, which was sent).
+            }
+            std::decay_t<Handler> h(std::forward<Handler>(handler));
+            boost::asio::async_compose<std::decay_t<Handler>, void(error_code)>(std::move(op), h,
+                                                                                ch.get_executor());
+        }
+    };
+
+    /// async_receive and async_receive_batch. The ready path (messages buffered, or in the ring
+    /// for this reader without the lock) hands them out from the initiating function with a
+    /// posted completion, as initiate_send does; waiting goes through receive_op.
+    template <bool Batch>
+    struct initiate_receive {
+        basic_channel* self;
+        using executor_type = Executor;
+        executor_type get_executor() const noexcept { return self->get_executor(); }
+
+        template <class Handler>
+        void operator()(Handler&& handler) const {
+            auto& ch = *self;
+            if (!ch.closed_ && ch.slot_ != no_slot &&
+                (ch.has_buffered() || ch.drain_without_lock() == drained::taken)) {
+                auto [ec, result] = ch.template take_buffered<Batch>();
+                return ch.post_completion(std::forward<Handler>(handler), ec, std::move(result));
+            }
+            using result_type = typename receive_op<Batch>::result_type;
+            std::decay_t<Handler> h(std::forward<Handler>(handler));
+            boost::asio::async_compose<std::decay_t<Handler>, void(error_code, result_type)>(
+                receive_op<Batch>{self}, h, ch.get_executor());
         }
     };
 
