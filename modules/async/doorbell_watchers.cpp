@@ -1,11 +1,14 @@
 // sysv.async: how a poll service waits on doorbell words without polling.
 //
 //  * uring_watcher: one io_uring per poll service (per execution context). Its FUTEX_WAITV
-//    requests (up to 128 words each) complete when a word changes; the ring signals an eventfd
-//    that the context watches like any descriptor, so no thread blocks and nothing polls.
+//    requests (up to 128 words each) complete when a word changes; the ring's own descriptor
+//    (readable while completions are posted and not reaped) is watched by the context like any
+//    other, so no thread blocks and nothing polls. (Not an eventfd registered with the ring:
+//    that costs a read() per wake, on its path.)
 //    Requests are submitted from the service's passes (the context's threads: a request's
 //    completion is delivered through the submitting thread). No word to watch: every request is
-//    cancelled and the eventfd is not waited on, so run() returns as it would without us.
+//    cancelled and the ring's descriptor is not waited on, so run() returns as it would
+//    without us.
 //  * thread_watcher: one helper thread per process, blocked in futex_waitv on the words of every
 //    service (at most 127, plus its own control word), which posts to the services whose words
 //    changed.
@@ -16,10 +19,10 @@ module;
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
 
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <linux/io_uring.h>
 #include <pthread.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -142,13 +145,7 @@ public:
         return true;
     }
 
-    bool register_eventfd(int efd, std::string& why) {
-        if (::syscall(__NR_io_uring_register, fd_, IORING_REGISTER_EVENTFD, &efd, 1) < 0) {
-            why = errno_text("io_uring eventfd registration");
-            return false;
-        }
-        return true;
-    }
+    int fd() const noexcept { return fd_; }
 
     unsigned free_entries() const {
         const unsigned head = __atomic_load_n(sq_head_, __ATOMIC_ACQUIRE);
@@ -240,24 +237,20 @@ public:
         auto& st = *state_;
         if (!st.queue.setup(64, why) || !st.queue.supports_futex_waitv(why))
             return false;
-        st.event_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        // A duplicate of the ring's descriptor, for the context's reactor (which closes it).
+        st.event_fd = ::fcntl(st.queue.fd(), F_DUPFD_CLOEXEC, 0);
         if (st.event_fd < 0) {
-            why = errno_text("eventfd");
+            why = errno_text("dup of the io_uring descriptor");
             return false;
         }
-        if (!st.queue.register_eventfd(st.event_fd, why)) {
-            ::close(st.event_fd);
-            st.event_fd = -1;
-            return false;
-        }
-        st.owner_pid = ::getpid();
+        st.owner_pid = this_process();
         return true;
     }
 
     void watch(const std::vector<watched_word>& words) override {
         auto& st = *state_;
         std::lock_guard lock(st.mutex);
-        if (st.owner_pid != ::getpid())
+        if (st.owner_pid != this_process())
             return; // a forked child: the ring's queues are the parent's (notify_fork replaces us)
         if (words == st.words && st.armed > 0)
             return; // already waiting on exactly these
@@ -300,7 +293,7 @@ public:
         if (st.armed > 0)
             wait_for_completions(state_);
         else if (st.descriptor && st.waiting) {
-            // Nothing to hear: no pending wait on the eventfd either, or run() would not return.
+            // Nothing to hear: no pending wait on the ring either, or run() would not return.
             boost::system::error_code ignored;
             st.descriptor->cancel(ignored);
         }
@@ -311,7 +304,7 @@ private:
         std::mutex mutex;
         poll_service* service = nullptr;
         ring queue;
-        int event_fd = -1;
+        int event_fd = -1; ///< the ring's descriptor, duplicated (readable: completions posted)
         pid_t owner_pid = 0;
         std::optional<asio::posix::stream_descriptor> descriptor;
         bool waiting = false;
@@ -325,14 +318,14 @@ private:
         }
     };
 
-    /// Waits (once) for the eventfd; called with the state's mutex held.
+    /// Waits (once) for the ring to be readable; called with the state's mutex held.
     static void wait_for_completions(const std::shared_ptr<state>& st) {
         if (st->waiting || st->service == nullptr)
             return;
         if (!st->descriptor) {
             if (!st->service->executor_)
                 return;
-            // The service's untracked executor: a pending wait for the eventfd is the
+            // The service's untracked executor: a pending wait for the ring is the
             // service's business, and each pending semaphore wait tracks its own work.
             st->descriptor.emplace(*st->service->executor_, st->event_fd);
         }
@@ -349,14 +342,9 @@ private:
             st->waiting = false;
             if (st->service == nullptr || ec == asio::error::operation_aborted)
                 return;
-            // One read resets the counter (not EFD_SEMAPHORE); a completion posted after it
-            // signals again, and the wait below hears it.
-            std::uint64_t count = 0;
-            [[maybe_unused]] const auto n = ::read(st->event_fd, &count, sizeof count);
-            // Wait again before reaping (the eventfd is edge-triggered in the reactor): a
-            // completion posted while reaping signals the new wait.
-            if (st->armed > 0)
-                wait_for_completions(st);
+            // Reaped until empty: a completion posted after that makes the ring readable again,
+            // and the wait armed below hears it (arming is an EPOLL_CTL_MOD, which reports a
+            // descriptor that is readable already).
             bool rung = false;
             st->queue.reap([&](const io_uring_cqe& cqe) {
                 if (cqe.user_data != st->generation)
@@ -368,11 +356,15 @@ private:
             });
             if (rung)
                 service = st->service;
-            else if (st->armed > 0 && !st->waiting)
-                wait_for_completions(st);
         }
+        // The woken waits first (on_doorbell runs their pass now and dispatches their
+        // handlers), then the wait for the next completions, unless the pass's watch() armed
+        // it already: its syscall is not on the path of the wake.
         if (service != nullptr)
-            service->on_doorbell(); // polls the waits whose words changed, and watches again
+            service->on_doorbell();
+        std::lock_guard lock(st->mutex);
+        if (st->service != nullptr && st->armed > 0 && !st->waiting)
+            wait_for_completions(st);
     }
 
     std::shared_ptr<state> state_;

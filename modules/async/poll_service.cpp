@@ -7,12 +7,14 @@ module;
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <pthread.h>
 #include <sched.h>
 #include <sys/sem.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -61,7 +63,20 @@ double uniform01(std::minstd_rand& random) {
     return static_cast<double>(random() - std::minstd_rand::min()) /
            static_cast<double>(std::minstd_rand::max() - std::minstd_rand::min() + 1);
 }
+std::atomic<pid_t> cached_pid{0};
 } // namespace
+
+pid_t this_process() noexcept {
+    pid_t pid = cached_pid.load(std::memory_order_relaxed);
+    if (pid != 0)
+        return pid;
+    static const int registered =
+        ::pthread_atfork(nullptr, nullptr, [] { cached_pid.store(0, std::memory_order_relaxed); });
+    (void)registered;
+    pid = ::getpid();
+    cached_pid.store(pid, std::memory_order_relaxed);
+    return pid;
+}
 
 bool apply_to_snapshot(std::span<int> values, std::span<const sembuf> ops) noexcept {
     std::size_t done = 0;
@@ -99,7 +114,7 @@ poll_service::~poll_service() {
 }
 
 void poll_service::choose_mode_locked() {
-    if (mode_chosen_ && mode_pid_ != ::getpid()) {
+    if (mode_chosen_ && mode_pid_ != this_process()) {
         // A forked child that did not call notify_fork(fork_child): the watcher's ring and
         // descriptor are the parent's (so is the reactor): leave them alone, choose again.
         (void)watcher_.release();
@@ -111,7 +126,7 @@ void poll_service::choose_mode_locked() {
     if (mode_chosen_)
         return;
     mode_chosen_ = true;
-    mode_pid_ = ::getpid();
+    mode_pid_ = this_process();
     mode_ = wake_mode::polling;
     watcher_.reset();
     std::string forced;
@@ -161,24 +176,32 @@ std::string poll_service::mode_reason() const {
 }
 
 void poll_service::on_doorbell() {
-    std::lock_guard lock(mutex_);
-    bool any = false;
-    const auto now = clock::now();
-    for (pending_wait* w = head_; w != nullptr; w = w->next) {
-        if (!w->on_doorbell)
-            continue;
-        for (std::size_t k = 0; k < 2; ++k)
-            if (w->words[k] != nullptr && doorbell_value(w->words[k]) != w->expected[k]) {
-                w->on_doorbell = false;
-                w->due = std::min(w->due, now);
-                any = true;
-                break;
-            }
+    {
+        std::lock_guard lock(mutex_);
+        bool any = false;
+        const auto now = clock::now();
+        for (pending_wait* w = head_; w != nullptr; w = w->next) {
+            if (!w->on_doorbell)
+                continue;
+            for (std::size_t k = 0; k < 2; ++k)
+                if (w->words[k] != nullptr && doorbell_value(w->words[k]) != w->expected[k]) {
+                    w->on_doorbell = false;
+                    w->due = std::min(w->due, now);
+                    any = true;
+                    break;
+                }
+        }
+        if (!any) { // nothing changed for us (a shared slot, a spurious wake): watch again
+            update_watch_locked(now);
+            return;
+        }
+        if (shut_down_)
+            return;
     }
-    if (any)
-        post_pass_locked();
-    else // nothing changed for us (a shared slot, a spurious wake): watch again
-        update_watch_locked(now);
+    // The pass runs now rather than posted: on_doorbell is called on the context's thread (from
+    // the eventfd's handler, or a handler the helper thread posted), so the woken waits'
+    // handlers are dispatched from here, one scheduler round trip (an epoll_wait) sooner.
+    run_pass();
 }
 
 void poll_service::update_watch_locked(clock::time_point now) {

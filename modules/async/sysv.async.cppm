@@ -187,8 +187,11 @@ private:
 export namespace sysv {
 
 /// How the waits of an execution context are woken when a release they wait for happens:
-///  * io_uring: doorbells awaited by io_uring FUTEX_WAITV on a ring of the context, watched
-///    through an eventfd like any descriptor: no thread, no polling (Linux >= 6.7);
+///  * io_uring: doorbells awaited by io_uring FUTEX_WAITV on a ring of the context, whose
+///    descriptor the context watches like any other: no thread, no polling (Linux >= 6.7). A
+///    wake costs the waiter an epoll_wait interrupted by io_uring's task work, the epoll_wait
+///    that reports the ring, and the attempt's semop, made from that completion (the woken
+///    waits' handlers are dispatched from there, with no posted round trip);
 ///  * helper_thread: doorbells awaited by one internal thread of the process in futex_waitv,
 ///    which posts to the contexts (Linux >= 5.16; at most 127 distinct doorbell words are
 ///    watched, the others rely on the backstop);
@@ -334,7 +337,9 @@ public:
     /// Number of waits currently pending (for tests and benchmarks).
     std::size_t pending() const;
 
-    /// A doorbell word that waits sleep on changed: poll them now.
+    /// A doorbell word that waits sleep on changed: poll them now (a pass runs in this call, and
+    /// dispatches the handlers of the waits it completes). Call it on a thread running the
+    /// context (a watcher's completion handler), never with a watcher's lock held.
     void on_doorbell();
 
     /// How this service's waits are woken, and why not by a better way (empty when they are).
@@ -387,6 +392,11 @@ private:
     std::vector<unsigned short> raw_;
     std::vector<int> values_;
 };
+
+/// getpid(), without its syscall after the first call in a process: the cache is cleared in a
+/// child of fork() (pthread_atfork). A process made by a raw clone() that then uses this library
+/// is not supported (it would pass for its parent).
+pid_t this_process() noexcept;
 
 /// The watchers of the two doorbell modes (async/doorbell_watchers.cpp): null, with `why`, when
 /// the mode is not available here.
