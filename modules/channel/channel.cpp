@@ -26,6 +26,20 @@ module sysv.channel;
 
 namespace sysv::detail {
 
+namespace {
+/// The most messages one receive takes from the ring at a time.
+constexpr std::size_t max_batch = 4096;
+/// PID_MAX_LIMIT on 64-bit Linux: a lock word naming a larger pid was written by something
+/// else than a member.
+constexpr pid_t max_pid = 4194304;
+/// How long a writer that found the ring full retries on posted passes (an awake reader frees
+/// room without the lock) before it counts itself as waiting and sleeps on `space`.
+constexpr std::chrono::microseconds space_spin_time{100};
+/// How often a busy channel looks at its objects (one IPC_STAT): a removed room is noticed
+/// within this time by any operation that runs.
+constexpr std::chrono::milliseconds object_check_interval{100};
+} // namespace
+
 channel_state::channel_state(const channel_options& options)
     : options_(options), sems_{options.shape.max_readers},
       pid_(static_cast<std::uint32_t>(::getpid())),
@@ -37,6 +51,21 @@ void channel_state::remove(error_code& ec) {
     segment_.remove(ignored);
     crash_here(crash_point::channel_leave_removing);
     remove_set(ec);
+}
+
+void channel_state::remove() {
+    error_code ec;
+    remove(ec);
+    if (ec)
+        throw_error(ec, "channel remove", set().description());
+}
+
+std::optional<channel_lock_holder> channel_state::lock_holder() const {
+    error_code ec;
+    auto holder = lock_holder(ec);
+    if (ec)
+        throw_error(ec, "channel lock_holder", set().description());
+    return holder;
 }
 
 std::optional<channel_lock_holder> channel_state::lock_holder(error_code& ec) const {
@@ -575,7 +604,33 @@ channel_state::send_locked(std::span<const boost::asio::const_buffer> messages, 
     return out;
 }
 
+// A send decided in its initiating function: valid, the lock free, and then either every message
+// from `next` on was sent or an error is in `ec`. False (the ring is full: the messages before
+// `next` were sent; or the lock is taken; or an error to report through the executor): the
+// composed operation takes over.
+bool channel_state::send_now(std::span<const boost::asio::const_buffer> messages, std::size_t& next,
+                             error_code& ec) {
+    if (closed_ || !set().is_open() || messages.empty())
+        return false;
+    for (const auto& m : messages)
+        if (m.size() > options_.shape.max_message_size)
+            return false;
+    if (!try_lock())
+        return false;
+    std::chrono::steady_clock::time_point spin_until{};
+    const auto sent = send_locked(messages, next, spin_until);
+    ec = sent.ec;
+    return sent.ec || !sent.wait_for_room;
+}
+
 // Receive --------------------------------------------------------------------------------------
+
+// A receive decided in its initiating function: messages (or a missed notice) are buffered, or
+// in the ring for this reader without the lock.
+bool channel_state::receive_now() {
+    return !closed_ && slot_ != no_slot &&
+           (has_buffered() || drain_without_lock() == drained::taken);
+}
 
 // The fast path (no syscall): messages between our cursor and head are ours to copy without the
 // lock. Not taken when writers wait for room (the locked path wakes them) or when anything

@@ -28,6 +28,7 @@ module;
 #include <span>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -121,7 +122,9 @@ public:
     std::size_t buffered() const noexcept { return inbox_.size(); }
     bool is_closed() const noexcept { return closed_; }
     void remove(error_code& ec);
+    void remove();
     std::optional<channel_lock_holder> lock_holder(error_code& ec) const;
+    std::optional<channel_lock_holder> lock_holder() const;
 
 protected:
     explicit channel_state(const channel_options& options);
@@ -171,6 +174,11 @@ protected:
     };
     send_outcome send_locked(std::span<const boost::asio::const_buffer> messages, std::size_t& next,
                              std::chrono::steady_clock::time_point& spin_until);
+    /// The ready paths: a send decided now (the lock was free; sent from `next` on, or `ec`),
+    /// and a receive with messages (or a missed notice) to hand out now, without the lock.
+    bool send_now(std::span<const boost::asio::const_buffer> messages, std::size_t& next,
+                  error_code& ec);
+    bool receive_now();
     enum class drained { taken, empty, need_lock };
     drained drain_without_lock();
     struct receive_outcome {
@@ -187,24 +195,14 @@ protected:
 
     static error_code aborted() noexcept { return boost::asio::error::operation_aborted; }
 
-    static constexpr std::size_t max_batch = 4096;
-    /// PID_MAX_LIMIT on 64-bit Linux: a lock word naming a larger pid was written by something
-    /// else than a member.
-    static constexpr pid_t max_pid = 4194304;
     /// How long an awake reader with nothing to read looks again on posted passes before it
     /// sleeps (marks itself asleep under the lock, so writers ring its doorbell), and how long
     /// a waiter for the lock retries it before sleeping on the lock's bell: a writer's
     /// critical section, and the gap between two messages of a busy writer, are microseconds.
     static constexpr std::chrono::microseconds receive_spin_time{50}, lock_spin_time{50};
-    /// How long a writer that found the ring full retries on posted passes (an awake reader
-    /// frees room without the lock) before it counts itself as waiting and sleeps on `space`.
-    static constexpr std::chrono::microseconds space_spin_time{100};
     /// The longest nap of a lock waiter between two looks at the holder (a wake taken by
     /// another waiter, or a holder that died, is noticed within it).
     static constexpr std::chrono::milliseconds lock_nap_max{50};
-    /// How often a busy channel looks at its objects (one IPC_STAT): a removed room is noticed
-    /// within this time by any operation that runs.
-    static constexpr std::chrono::milliseconds object_check_interval{100};
     /// How long a receive sleeps before it looks at the objects and the ring again (a reader
     /// that only waits notices a removed segment or a rewritten header within this time; a
     /// removed set wakes it at once). Costs an IPC_STAT and a lock round trip per interval.
@@ -350,8 +348,8 @@ public:
                   boost::asio::default_completion_token_t<executor_type>>
     auto async_join(std::string label,
                     Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
-        return boost::asio::async_compose<Token, void(error_code)>(join_op{this, std::move(label)},
-                                                                   token, get_executor());
+        return boost::asio::async_compose<Token, void(error_code)>(
+            locked_op<join_step>{this, {std::move(label)}}, token, get_executor());
     }
 
     /// Gives the reader slot back. The last member to leave removes the segment and the set.
@@ -359,8 +357,8 @@ public:
     template <boost::asio::completion_token_for<void(error_code, bool)> Token =
                   boost::asio::default_completion_token_t<executor_type>>
     auto async_leave(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
-        return boost::asio::async_compose<Token, void(error_code, bool)>(leave_op{this}, token,
-                                                                         get_executor());
+        return boost::asio::async_compose<Token, void(error_code, bool)>(
+            locked_op<leave_step, bool>{this, {}}, token, get_executor());
     }
 
     /// Sends one message (at most shape().max_message_size bytes) to every joined reader. The
@@ -419,7 +417,7 @@ public:
                   boost::asio::default_completion_token_t<executor_type>>
     auto async_reap_lost(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
         return boost::asio::async_compose<Token, void(error_code, std::vector<ring::member>)>(
-            table_op{this, true}, token, get_executor());
+            locked_op<table_step, std::vector<ring::member>>{this, {true}}, token, get_executor());
     }
 
     /// The joined readers that are alive. Completion:
@@ -428,18 +426,12 @@ public:
                   boost::asio::default_completion_token_t<executor_type>>
     auto async_members(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
         return boost::asio::async_compose<Token, void(error_code, std::vector<ring::member>)>(
-            table_op{this, false}, token, get_executor());
+            locked_op<table_step, std::vector<ring::member>>{this, {false}}, token, get_executor());
     }
 
     /// Removes the segment and the set now (pending operations everywhere fail with
     /// errc::removed).
     using channel_state::remove;
-    void remove() {
-        error_code ec;
-        remove(ec);
-        if (ec)
-            detail::throw_error(ec, "channel remove", set_.description());
-    }
 
     /// Who holds the lock right now, if anyone (a snapshot of the lock word, and a read of
     /// /proc). A holder's critical section lasts microseconds, and the lock of a holder that
@@ -450,13 +442,6 @@ public:
     /// when an operation has been pending for a while, to tell the user who the room waits for
     /// (the chat says "waiting for <name> (pid N, stopped)").
     using channel_state::lock_holder;
-    std::optional<channel_lock_holder> lock_holder() const {
-        error_code ec;
-        auto holder = lock_holder(ec);
-        if (ec)
-            detail::throw_error(ec, "channel lock_holder", set_.description());
-        return holder;
-    }
 
     /// Aborts this object's pending waits (operation_aborted); operations continue to be
     /// accepted.
@@ -569,57 +554,6 @@ private:
         boost::asio::post(
             ex, boost::asio::append(std::forward<Handler>(handler), std::forward<Args>(args)...));
     }
-
-    struct join_op {
-        basic_channel* self;
-        std::string label;
-        bool locking = false;
-        std::optional<error_code> deferred{};
-
-        template <class Self>
-        void operator()(Self& handler, error_code ec = {}) {
-            auto& ch = *self;
-            if (deferred)
-                return handler.complete(*deferred);
-            if (!locking && ch.closed_)
-                return ch.defer(handler, deferred, aborted());
-            if (locking && ch.closed_at_step(!ec)) {
-                ch.give_slot_back();
-                return handler.complete(aborted());
-            }
-            if (locking)
-                return handler.complete(ch.join_locked(label, ec));
-            if ((ec = ch.take_slot()))
-                return ch.defer(handler, deferred, ec);
-            locking = true;
-            ch.async_lock(std::move(handler));
-        }
-    };
-
-    struct leave_op {
-        basic_channel* self;
-        bool locking = false;
-        std::optional<error_code> deferred{};
-
-        template <class Self>
-        void operator()(Self& handler, error_code ec = {}) {
-            auto& ch = *self;
-            if (deferred)
-                return handler.complete(*deferred, false);
-            if (!locking && ch.closed_)
-                return ch.defer(handler, deferred, aborted());
-            if (locking && ch.closed_at_step(!ec))
-                return handler.complete(aborted(), false);
-            if (locking) {
-                auto [result, removed] = ch.leave_locked(ec);
-                return handler.complete(result, removed);
-            }
-            if (ch.slot_ == no_slot)
-                return ch.defer(handler, deferred, make_error_code(errc::invalid_argument));
-            locking = true;
-            ch.async_lock(std::move(handler));
-        }
-    };
 
     struct send_op {
         basic_channel* self;
@@ -865,18 +799,9 @@ private:
         template <class Handler>
         void operator()(Handler&& handler, send_op op) const {
             auto& ch = *self;
-            const auto messages = op.messages();
-            const bool valid = !ch.closed_ && ch.set_.is_open() && !messages.empty() &&
-                               std::all_of(messages.begin(), messages.end(), [&](const auto& m) {
-                                   return m.size() <= ch.options_.shape.max_message_size;
-                               });
-            if (valid && ch.try_lock()) {
-                std::chrono::steady_clock::time_point spin_until{};
-                const auto sent = ch.send_locked(messages, op.next, spin_until);
-                if (sent.ec || !sent.wait_for_room)
-                    return ch.post_completion(std::forward<Handler>(handler), sent.ec);
-                // The ring is full: send_op waits for room (after `next`, which was sent).
-            }
+            error_code ec;
+            if (ch.send_now(op.messages(), op.next, ec))
+                return ch.post_completion(std::forward<Handler>(handler), ec);
             std::decay_t<Handler> h(std::forward<Handler>(handler));
             boost::asio::async_compose<std::decay_t<Handler>, void(error_code)>(std::move(op), h,
                                                                                 ch.get_executor());
@@ -895,8 +820,7 @@ private:
         template <class Handler>
         void operator()(Handler&& handler) const {
             auto& ch = *self;
-            if (!ch.closed_ && ch.slot_ != no_slot &&
-                (ch.has_buffered() || ch.drain_without_lock() == drained::taken)) {
+            if (ch.receive_now()) {
                 auto [ec, result] = ch.template take_buffered<Batch>();
                 return ch.post_completion(std::forward<Handler>(handler), ec, std::move(result));
             }
@@ -907,33 +831,65 @@ private:
         }
     };
 
-    struct table_op {
+    /// async_join, async_leave, async_members, async_reap_lost: a check in the initiating
+    /// function (its error completes through the executor), then the lock, then one step of
+    /// channel_state that runs with it and releases it.
+    template <class Step, class... Result>
+    struct locked_op {
         basic_channel* self;
-        bool reap_lost;
+        Step step;
         bool locking = false;
-        std::optional<std::pair<error_code, std::vector<ring::member>>> deferred{};
+        std::optional<std::tuple<error_code, Result...>> deferred{};
 
         template <class Self>
         void operator()(Self& handler, error_code ec = {}) {
             auto& ch = *self;
+            const auto complete = [&](std::tuple<error_code, Result...> result) {
+                std::apply([&](auto&&... r) { handler.complete(std::move(r)...); },
+                           std::move(result));
+            };
             if (deferred)
-                return handler.complete(deferred->first, std::move(deferred->second));
+                return complete(std::move(*deferred));
             if (!locking && ch.closed_)
-                return ch.defer(handler, deferred,
-                                std::pair(aborted(), std::vector<ring::member>{}));
-            if (locking && ch.closed_at_step(!ec))
-                return handler.complete(aborted(), std::vector<ring::member>{});
-            if (locking) {
-                auto [result, members] = ch.table_locked(reap_lost, ec);
-                return handler.complete(result, std::move(members));
+                return ch.defer(handler, deferred, std::tuple(aborted(), Result{}...));
+            if (locking && ch.closed_at_step(!ec)) {
+                step.abandon(ch);
+                return complete({aborted(), Result{}...});
             }
-            if (!ch.set_.is_open())
-                return ch.defer(
-                    handler, deferred,
-                    std::pair(make_error_code(errc::not_open), std::vector<ring::member>{}));
+            if (locking)
+                return complete(step.locked(ch, ec));
+            if ((ec = step.check(ch)))
+                return ch.defer(handler, deferred, std::tuple(ec, Result{}...));
             locking = true;
             ch.async_lock(std::move(handler));
         }
+    };
+    struct join_step {
+        std::string label;
+        error_code check(basic_channel& ch) { return ch.take_slot(); }
+        std::tuple<error_code> locked(basic_channel& ch, error_code ec) {
+            return {ch.join_locked(label, ec)};
+        }
+        void abandon(basic_channel& ch) { ch.give_slot_back(); }
+    };
+    struct leave_step {
+        error_code check(basic_channel& ch) {
+            return ch.slot_ == no_slot ? make_error_code(errc::invalid_argument) : error_code{};
+        }
+        std::tuple<error_code, bool> locked(basic_channel& ch, error_code ec) {
+            return ch.leave_locked(ec);
+        }
+        void abandon(basic_channel&) {}
+    };
+    struct table_step {
+        bool reap_lost;
+        error_code check(basic_channel& ch) {
+            return ch.set_.is_open() ? error_code{} : make_error_code(errc::not_open);
+        }
+        std::tuple<error_code, std::vector<ring::member>> locked(basic_channel& ch, error_code ec) {
+            return ch.table_locked(reap_lost, ec);
+        }
+        void abandon(basic_channel&) {}
     };
 
     basic_async_semaphore_set<Executor> set_;
