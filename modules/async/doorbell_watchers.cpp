@@ -436,11 +436,11 @@ private:
     };
 
     void start_locked() {
-        if (thread_pid_ == ::getpid())
+        if (thread_pid_ == this_process())
             return;
         // First use, or a forked child (threads do not survive fork): a thread of our own.
         services_.clear();
-        thread_pid_ = ::getpid();
+        thread_pid_ = this_process();
         std::thread([this] { run(); }).detach();
     }
 

@@ -43,7 +43,7 @@ constexpr std::chrono::milliseconds object_check_interval{100};
 channel_state::channel_state(const channel_options& options)
     : options_(options), sems_{options.shape.max_readers},
       pid_(static_cast<std::uint32_t>(::getpid())),
-      lock_id_(ring::lock_identity(pid_, start_time_of(::getpid()).value_or(0))),
+      lock_id_(ring::lock_identity(pid_, start_time_of(static_cast<pid_t>(pid_)).value_or(0))),
       pid_namespace_(pid_namespace_id()) {}
 
 void channel_state::remove(error_code& ec) {
@@ -610,17 +610,21 @@ channel_state::send_locked(std::span<const boost::asio::const_buffer> messages, 
 // composed operation takes over.
 bool channel_state::send_now(std::span<const boost::asio::const_buffer> messages, std::size_t& next,
                              error_code& ec) {
-    if (closed_ || !set().is_open() || messages.empty())
-        return false;
-    for (const auto& m : messages)
-        if (m.size() > options_.shape.max_message_size)
-            return false;
-    if (!try_lock())
+    if (closed_ || messages.empty() || send_error(messages) || !try_lock())
         return false;
     std::chrono::steady_clock::time_point spin_until{};
     const auto sent = send_locked(messages, next, spin_until);
     ec = sent.ec;
     return sent.ec || !sent.wait_for_room;
+}
+
+error_code channel_state::send_error(std::span<const boost::asio::const_buffer> messages) const {
+    for (const auto& m : messages)
+        if (m.size() > options_.shape.max_message_size)
+            return make_error_code(errc::limit_exceeded);
+    if (!set().is_open())
+        return make_error_code(errc::not_open);
+    return {};
 }
 
 // Receive --------------------------------------------------------------------------------------

@@ -178,6 +178,8 @@ protected:
     /// and a receive with messages (or a missed notice) to hand out now, without the lock.
     bool send_now(std::span<const boost::asio::const_buffer> messages, std::size_t& next,
                   error_code& ec);
+    /// Why a send cannot start: limit_exceeded (a message over the limit: none is sent), not_open.
+    error_code send_error(std::span<const boost::asio::const_buffer> messages) const;
     bool receive_now();
     enum class drained { taken, empty, need_lock };
     drained drain_without_lock();
@@ -479,9 +481,14 @@ private:
     /// Continues `handler` with the lock held (error_code{}), or with what ended the wait.
     template <class Handler>
     void async_lock(Handler&& handler) {
-        auto h = std::forward<Handler>(handler);
-        boost::asio::async_compose<std::decay_t<Handler>, void(error_code)>(lock_wait_op{this}, h,
-                                                                            get_executor());
+        compose<void(error_code)>(lock_wait_op{this}, std::forward<Handler>(handler));
+    }
+    /// Runs composed operation `op` for a handler already made (an initiation's, an operation's).
+    template <class Signature, class Op, class Handler>
+    void compose(Op op, Handler&& handler) {
+        std::decay_t<Handler> h(std::forward<Handler>(handler));
+        boost::asio::async_compose<std::decay_t<Handler>, Signature>(std::move(op), h,
+                                                                     get_executor());
     }
 
     /// Waits for the lock word: posted passes retry it for lock_spin_time (a holder's critical
@@ -582,15 +589,11 @@ private:
                 return handler.complete(aborted());
             switch (state) {
             case start:
-                for (const auto& m : messages())
-                    if (m.size() > ch.options_.shape.max_message_size)
-                        return ch.defer(handler, deferred, make_error_code(errc::limit_exceeded));
-                if (!ch.set_.is_open())
-                    return ch.defer(handler, deferred, make_error_code(errc::not_open));
+                if ((ec = ch.send_error(messages())))
+                    return ch.defer(handler, deferred, ec);
                 if (count == 0)
                     return ch.defer(handler, deferred, error_code{});
-                // The fast path: the lock is free, the copy is made here and the completion
-                // posted (never inline).
+                // Busy or full when initiate_send tried; free now: send here, post the completion.
                 if (ch.try_lock()) {
                     initiating = true;
                     return critical_section(handler);
@@ -802,9 +805,7 @@ private:
             error_code ec;
             if (ch.send_now(op.messages(), op.next, ec))
                 return ch.post_completion(std::forward<Handler>(handler), ec);
-            std::decay_t<Handler> h(std::forward<Handler>(handler));
-            boost::asio::async_compose<std::decay_t<Handler>, void(error_code)>(std::move(op), h,
-                                                                                ch.get_executor());
+            ch.template compose<void(error_code)>(std::move(op), std::forward<Handler>(handler));
         }
     };
 
@@ -825,9 +826,8 @@ private:
                 return ch.post_completion(std::forward<Handler>(handler), ec, std::move(result));
             }
             using result_type = typename receive_op<Batch>::result_type;
-            std::decay_t<Handler> h(std::forward<Handler>(handler));
-            boost::asio::async_compose<std::decay_t<Handler>, void(error_code, result_type)>(
-                receive_op<Batch>{self}, h, ch.get_executor());
+            ch.template compose<void(error_code, result_type)>(receive_op<Batch>{self},
+                                                               std::forward<Handler>(handler));
         }
     };
 
