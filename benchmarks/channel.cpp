@@ -310,10 +310,29 @@ void sleep_until_ns(std::int64_t t) {
     }
 }
 
-std::int64_t stamp_of(const void* data) {
+/// The writer's side: message i is due at 20 ms from construction + i * gap, and carries
+/// CLOCK_MONOTONIC taken right before it is sent.
+class paced_stamps {
+public:
+    explicit paced_stamps(std::int64_t gap) : first_(now_ns() + 20'000'000), gap_(gap) {}
+    /// Sleeps until message `i` is due, then stamps it: the buffer to send right away.
+    asio::const_buffer next(long i) {
+        sleep_until_ns(first_ + i * gap_);
+        const std::int64_t t = now_ns();
+        std::memcpy(payload_.data(), &t, sizeof t);
+        return asio::buffer(payload_);
+    }
+
+private:
+    std::vector<std::byte> payload_ = std::vector<std::byte>(latency_size, std::byte{'p'});
+    std::int64_t first_, gap_;
+};
+
+/// The reader's side: microseconds from the stamp in `data` to `arrived`.
+double us_since_stamp(const void* data, std::int64_t arrived) {
     std::int64_t t;
     std::memcpy(&t, data, sizeof t);
-    return t;
+    return static_cast<double>(arrived - t) / 1e3;
 }
 
 std::vector<double> latency_channel(long count, std::int64_t gap) {
@@ -332,14 +351,9 @@ std::vector<double> latency_channel(long count, std::int64_t gap) {
         asio::co_spawn(
             wio,
             [&]() -> asio::awaitable<void> {
-                std::vector<std::byte> payload(latency_size, std::byte{'p'});
-                const std::int64_t first = now_ns() + 20'000'000;
-                for (long i = 0; i < count; ++i) {
-                    sleep_until_ns(first + i * gap);
-                    const std::int64_t t = now_ns();
-                    std::memcpy(payload.data(), &t, sizeof t);
-                    co_await writer_channel.async_send(asio::buffer(payload), asio::use_awaitable);
-                }
+                paced_stamps stamps(gap);
+                for (long i = 0; i < count; ++i)
+                    co_await writer_channel.async_send(stamps.next(i), asio::use_awaitable);
             },
             asio::detached);
         wio.run();
@@ -354,7 +368,7 @@ std::vector<double> latency_channel(long count, std::int64_t gap) {
                 const std::int64_t arrived = now_ns();
                 if (m.bytes.size() != latency_size)
                     throw std::runtime_error("channel delivered a message of the wrong size");
-                samples.push_back(static_cast<double>(arrived - stamp_of(m.bytes.data())) / 1e3);
+                samples.push_back(us_since_stamp(m.bytes.data(), arrived));
             }
         },
         asio::detached);
@@ -367,13 +381,10 @@ std::vector<double> latency_message_queue(long count, std::int64_t gap) {
     bench_queue q(latency_size, 64);
     bench::child writer([&]() -> int {
         boost::interprocess::message_queue peer(boost::interprocess::open_only, q.name());
-        std::vector<std::byte> payload(latency_size, std::byte{'p'});
-        const std::int64_t first = now_ns() + 20'000'000;
+        paced_stamps stamps(gap);
         for (long i = 0; i < count; ++i) {
-            sleep_until_ns(first + i * gap);
-            const std::int64_t t = now_ns();
-            std::memcpy(payload.data(), &t, sizeof t);
-            peer.send(payload.data(), payload.size(), 0);
+            const auto message = stamps.next(i);
+            peer.send(message.data(), message.size(), 0);
         }
         return 0;
     });
@@ -386,7 +397,7 @@ std::vector<double> latency_message_queue(long count, std::int64_t gap) {
         const std::int64_t arrived = now_ns();
         if (length != latency_size)
             throw std::runtime_error("message_queue delivered a message of the wrong size");
-        samples.push_back(static_cast<double>(arrived - stamp_of(buffer.data())) / 1e3);
+        samples.push_back(us_since_stamp(buffer.data(), arrived));
     }
     writer.join("message_queue writer");
     return samples;
@@ -403,14 +414,9 @@ std::vector<double> latency_socket(long count, std::int64_t gap) {
         asio::co_spawn(
             io,
             [&]() -> asio::awaitable<void> {
-                std::vector<std::byte> payload(latency_size, std::byte{'p'});
-                const std::int64_t first = now_ns() + 20'000'000;
-                for (long i = 0; i < count; ++i) {
-                    sleep_until_ns(first + i * gap);
-                    const std::int64_t t = now_ns();
-                    std::memcpy(payload.data(), &t, sizeof t);
-                    co_await asio::async_write(s, asio::buffer(payload), asio::use_awaitable);
-                }
+                paced_stamps stamps(gap);
+                for (long i = 0; i < count; ++i)
+                    co_await asio::async_write(s, stamps.next(i), asio::use_awaitable);
             },
             asio::detached);
         io.run();
@@ -427,7 +433,7 @@ std::vector<double> latency_socket(long count, std::int64_t gap) {
             while (static_cast<long>(samples.size()) < count) {
                 co_await asio::async_read(s, asio::buffer(buffer), asio::use_awaitable);
                 const std::int64_t arrived = now_ns();
-                samples.push_back(static_cast<double>(arrived - stamp_of(buffer.data())) / 1e3);
+                samples.push_back(us_since_stamp(buffer.data(), arrived));
             }
         },
         asio::detached);
