@@ -381,4 +381,96 @@ BOOST_AUTO_TEST_CASE(a_forked_child_gets_its_own_ring_or_thread_and_the_parent_k
     }
 }
 
+BOOST_AUTO_TEST_CASE(a_context_run_by_one_thread_then_another_or_by_two_keeps_hearing_doorbells) {
+    // A ring that defers its completions accepts one issuer thread: the first that watches.
+    // A pass on another thread must not leave the waits deaf (only a doorbell wakes them).
+    for (const char* mode : doorbell_modes()) {
+        sysv_test::ipc_guard guard;
+        auto raw = sysv::semaphore_set::create(sysv::key::private_key(), {0});
+        guard.semaphores(raw);
+        const int id = raw.id();
+        in_mode(mode, [id] {
+            asio::io_context io;
+            sysv::async_semaphore_set set(io, sysv::semaphore_set::open_id(id), doorbell_only());
+            const auto mode_before = sysv::wake_mode_of(io);
+            for (int round = 0; round < 3; ++round) { // a new thread runs the context each round
+                bool woken = false;
+                set.async_acquire(0, [&](error_code ec) { woken = !ec; });
+                sysv_test::child releaser([id] {
+                    std::this_thread::sleep_for(100ms);
+                    sysv::semaphore_set::open_id(id).apply(sysv::op::release(0));
+                    return 0;
+                });
+                int rc = -1;
+                std::thread([&] { rc = run_until_done(io); }).join();
+                io.restart();
+                SYSV_CHILD_CHECK(releaser.wait().exited_with(0));
+                SYSV_CHILD_CHECK(rc == 0);
+                SYSV_CHILD_CHECK(woken);
+            }
+            // Two threads at once, 40 waits released one by one.
+            constexpr int waits = 40;
+            std::atomic<int> woken = 0;
+            for (int i = 0; i < waits; ++i)
+                set.async_acquire(0, [&](error_code ec) { woken += !ec; });
+            sysv_test::child releaser([id] {
+                auto s = sysv::semaphore_set::open_id(id);
+                for (int i = 0; i < waits; ++i) {
+                    std::this_thread::sleep_for(5ms);
+                    s.apply(sysv::op::release(0));
+                }
+                return 0;
+            });
+            std::atomic<int> rc = 0;
+            std::thread other([&] { rc += run_until_done(io); });
+            rc += run_until_done(io);
+            other.join();
+            SYSV_CHILD_CHECK(releaser.wait().exited_with(0));
+            SYSV_CHILD_CHECK(rc == 0);
+            SYSV_CHILD_CHECK(woken == waits);
+            SYSV_CHILD_CHECK(sysv::wake_mode_of(io) == mode_before);
+            return 0;
+        });
+    }
+}
+
+BOOST_AUTO_TEST_CASE(a_handler_that_throws_loses_no_other_completion_or_doorbell) {
+    for (const char* mode : doorbell_modes()) {
+        sysv_test::ipc_guard guard;
+        auto raw = sysv::semaphore_set::create(sysv::key::private_key(), {0, 0});
+        guard.semaphores(raw);
+        const int id = raw.id();
+        in_mode(mode, [id] {
+            asio::io_context io;
+            sysv::async_semaphore_set set(io, sysv::semaphore_set::open_id(id), doorbell_only());
+            int woken = 0;
+            // Two waits completed by one release (one pass), the first handler throws; a third
+            // wait, on another semaphore, sleeps on its doorbell meanwhile.
+            set.async_acquire(0, [](error_code) { throw std::runtime_error("from a handler"); });
+            set.async_acquire(0, [&](error_code ec) { woken += !ec; });
+            set.async_acquire(1, [&](error_code ec) { woken += !ec; });
+            io.run_for(100ms); // all three asleep on their doorbells
+            sysv_test::child releaser([id] {
+                auto s = sysv::semaphore_set::open_id(id);
+                s.apply(sysv::op::release(0, 2));
+                std::this_thread::sleep_for(200ms);
+                s.apply(sysv::op::release(1));
+                return 0;
+            });
+            bool threw = false;
+            try {
+                io.run_for(30s);
+            } catch (const std::runtime_error&) {
+                threw = true;
+            }
+            SYSV_CHILD_CHECK(threw);
+            io.restart();
+            const int rc = run_until_done(io);
+            SYSV_CHILD_CHECK(releaser.wait().exited_with(0));
+            SYSV_CHILD_CHECK(woken == 2);
+            return rc;
+        });
+    }
+}
+
 BOOST_AUTO_TEST_SUITE_END()

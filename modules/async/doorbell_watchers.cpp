@@ -1,14 +1,20 @@
 // sysv.async: how a poll service waits on doorbell words without polling.
 //
 //  * uring_watcher: one io_uring per poll service (per execution context). Its FUTEX_WAITV
-//    requests (up to 128 words each) complete when a word changes; the ring's own descriptor
-//    (readable while completions are posted and not reaped) is watched by the context like any
-//    other, so no thread blocks and nothing polls. (Not an eventfd registered with the ring:
-//    that costs a read() per wake, on its path.)
-//    Requests are submitted from the service's passes (the context's threads: a request's
-//    completion is delivered through the submitting thread). No word to watch: every request is
-//    cancelled and the ring's descriptor is not waited on, so run() returns as it would
-//    without us.
+//    requests (up to 128 words each) complete when a word changes. An eventfd registered with
+//    the ring is watched by the context like any other descriptor, so no thread blocks and
+//    nothing polls. The ring defers its completions (IORING_SETUP_DEFER_TASKRUN): a release
+//    in another process signals the eventfd from its own FUTEX_WAKE, so the context's
+//    epoll_wait returns at once (a plain ring would first interrupt it, EINTR, to run the
+//    completion in this thread, then report it on a second epoll_wait). Whether a word changed
+//    is read in the words themselves: the woken waits' pass (semop and handlers) runs first,
+//    the ring's completions are reaped after it (io_uring_enter runs them), off the path of
+//    the wake. Such a ring accepts io_uring_enter from one thread only: the first thread that
+//    watches becomes its issuer, and a context whose passes run on several threads gets a
+//    plain ring instead at the first pass on another thread.
+//    Requests are submitted from the service's passes (the context's threads). No word to
+//    watch: every request is cancelled and the eventfd is not waited on, so run() returns as
+//    it would without us.
 //  * thread_watcher: one helper thread per process, blocked in futex_waitv on the words of every
 //    service (at most 127, plus its own control word), which posts to the services whose words
 //    changed.
@@ -23,6 +29,7 @@ module;
 #include <linux/futex.h>
 #include <linux/io_uring.h>
 #include <pthread.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -76,8 +83,10 @@ public:
             ::close(fd_);
     }
 
-    bool setup(unsigned entries, std::string& why) {
+    /// `flags`: IORING_SETUP_* (an EINVAL from a kernel without them is reported like others).
+    bool setup(unsigned entries, unsigned flags, std::string& why) {
         io_uring_params p{};
+        p.flags = flags;
         fd_ = static_cast<int>(::syscall(__NR_io_uring_setup, entries, &p));
         if (fd_ < 0) { // ENOSYS: no io_uring; EPERM: disabled (kernel.io_uring_disabled, seccomp)
             why = errno_text("io_uring_setup");
@@ -114,6 +123,7 @@ public:
         }
         auto* sq = static_cast<char*>(sq_ptr_);
         sq_head_ = reinterpret_cast<unsigned*>(sq + p.sq_off.head);
+        sq_flags_ = reinterpret_cast<unsigned*>(sq + p.sq_off.flags);
         sq_tail_ = reinterpret_cast<unsigned*>(sq + p.sq_off.tail);
         sq_mask_ = *reinterpret_cast<unsigned*>(sq + p.sq_off.ring_mask);
         sq_array_ = reinterpret_cast<unsigned*>(sq + p.sq_off.array);
@@ -146,6 +156,39 @@ public:
     }
 
     int fd() const noexcept { return fd_; }
+
+    /// Signals `event_fd` whenever completions are posted (and, for a ring that defers them,
+    /// as soon as one is ready to run).
+    bool register_eventfd(int event_fd, std::string& why) {
+        if (::syscall(__NR_io_uring_register, fd_, IORING_REGISTER_EVENTFD, &event_fd, 1) < 0) {
+            why = errno_text("io_uring eventfd registration");
+            return false;
+        }
+        return true;
+    }
+
+    /// Enables a ring set up disabled; with IORING_SETUP_SINGLE_ISSUER the calling thread
+    /// becomes the only one allowed to submit and run its completions.
+    bool enable(std::string& why) {
+        if (::syscall(__NR_io_uring_register, fd_, IORING_REGISTER_ENABLE_RINGS, nullptr, 0) < 0) {
+            why = errno_text("io_uring enable");
+            return false;
+        }
+        return true;
+    }
+
+    /// Runs the completions a ring with IORING_SETUP_DEFER_TASKRUN holds back (from its issuer
+    /// thread only), so that reap() sees them.
+    void run_deferred() {
+        while (::syscall(__NR_io_uring_enter, fd_, 0, 0, IORING_ENTER_GETEVENTS, nullptr, 0) < 0 &&
+               errno == EINTR) {
+        }
+    }
+
+    /// Whether completions are held back to run (IORING_SETUP_TASKRUN_FLAG).
+    bool has_deferred() const noexcept {
+        return (__atomic_load_n(sq_flags_, __ATOMIC_ACQUIRE) & IORING_SQ_TASKRUN) != 0;
+    }
 
     unsigned free_entries() const {
         const unsigned head = __atomic_load_n(sq_head_, __ATOMIC_ACQUIRE);
@@ -202,6 +245,7 @@ private:
     std::size_t sq_size_ = 0, cq_size_ = 0, sqes_size_ = 0;
     io_uring_sqe* sqes_ = nullptr;
     unsigned* sq_head_ = nullptr;
+    unsigned* sq_flags_ = nullptr;
     unsigned* sq_tail_ = nullptr;
     unsigned* sq_array_ = nullptr;
     unsigned sq_mask_ = 0, sq_entries_ = 0, local_tail_ = 0;
@@ -235,12 +279,18 @@ public:
 
     bool open(std::string& why) {
         auto& st = *state_;
-        if (!st.queue.setup(64, why) || !st.queue.supports_futex_waitv(why))
-            return false;
-        // A duplicate of the ring's descriptor, for the context's reactor (which closes it).
-        st.event_fd = ::fcntl(st.queue.fd(), F_DUPFD_CLOEXEC, 0);
+        st.event_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (st.event_fd < 0) {
-            why = errno_text("dup of the io_uring descriptor");
+            why = errno_text("eventfd");
+            return false;
+        }
+        // Disabled until the first watch(), whose thread becomes the ring's issuer.
+        std::string deferred_why;
+        if (open_ring(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+                          IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_R_DISABLED,
+                      deferred_why)) {
+            st.deferred = true;
+        } else if (!open_ring(0, why)) { // before Linux 6.1: a ring that runs its completions
             return false;
         }
         st.owner_pid = this_process();
@@ -252,12 +302,17 @@ public:
         std::lock_guard lock(st.mutex);
         if (st.owner_pid != this_process())
             return; // a forked child: the ring's queues are the parent's (notify_fork replaces us)
-        if (words == st.words && st.armed > 0)
-            return; // already waiting on exactly these
-        std::string why;
+        if (!issuer_locked(st))
+            return; // no ring: the waits rely on their backstop polls
+        if (words == st.words && st.armed > 0) {
+            // Already waiting on exactly these; heard, unless a handler that threw out of the
+            // last completion's pass left nobody waiting for the eventfd.
+            wait_for_completions(state_);
+            return;
+        }
         // Cancel what is armed: its completions carry an old generation and are ignored.
         if (st.armed > 0) {
-            if (io_uring_sqe* sqe = st.queue.next_entry()) {
+            if (io_uring_sqe* sqe = st.queue->next_entry()) {
                 sqe->opcode = IORING_OP_ASYNC_CANCEL;
                 sqe->fd = -1;
                 sqe->cancel_flags = IORING_ASYNC_CANCEL_ANY;
@@ -265,46 +320,19 @@ public:
             }
             st.armed = 0;
         }
-        ++st.generation;
         st.words = words;
-        st.vectors.clear();
-        for (std::size_t i = 0; i < words.size(); i += max_words_per_request) {
-            const std::size_t n = std::min(max_words_per_request, words.size() - i);
-            std::vector<futex_waitv> v(n);
-            for (std::size_t j = 0; j < n; ++j) {
-                v[j].val = words[i + j].expected;
-                v[j].uaddr = reinterpret_cast<std::uintptr_t>(words[i + j].word);
-                v[j].flags = futex2_size_u32; // shared: the words are in a System V segment
-            }
-            st.vectors.push_back(std::move(v));
-        }
-        for (auto& v : st.vectors) {
-            io_uring_sqe* sqe = st.queue.next_entry();
-            if (sqe == nullptr)
-                break; // the rest rely on the backstop polls until the next watch()
-            sqe->opcode = op_futex_waitv;
-            sqe->addr = reinterpret_cast<std::uintptr_t>(v.data());
-            sqe->len = static_cast<std::uint32_t>(v.size());
-            sqe->user_data = st.generation;
-            ++st.armed;
-        }
-        if (!st.queue.submit(why))
-            st.armed = 0;
-        if (st.armed > 0)
-            wait_for_completions(state_);
-        else if (st.descriptor && st.waiting) {
-            // Nothing to hear: no pending wait on the ring either, or run() would not return.
-            boost::system::error_code ignored;
-            st.descriptor->cancel(ignored);
-        }
+        arm_locked(state_);
     }
 
 private:
     struct state {
         std::mutex mutex;
         poll_service* service = nullptr;
-        ring queue;
-        int event_fd = -1; ///< the ring's descriptor, duplicated (readable: completions posted)
+        std::unique_ptr<ring> queue;
+        bool deferred = false; ///< IORING_SETUP_DEFER_TASKRUN: one issuer thread
+        bool enabled = false;  ///< a deferred ring is set up disabled, until its issuer is known
+        pid_t issuer = 0;      ///< the thread (tid) of a deferred ring
+        int event_fd = -1;     ///< signalled by the ring
         pid_t owner_pid = 0;
         std::optional<asio::posix::stream_descriptor> descriptor;
         bool waiting = false;
@@ -318,7 +346,83 @@ private:
         }
     };
 
-    /// Waits (once) for the ring to be readable; called with the state's mutex held.
+    bool open_ring(unsigned flags, std::string& why) {
+        auto queue = std::make_unique<ring>();
+        if (!queue->setup(64, flags, why) || !queue->supports_futex_waitv(why) ||
+            !queue->register_eventfd(state_->event_fd, why))
+            return false;
+        state_->queue = std::move(queue);
+        return true;
+    }
+
+    static pid_t this_thread() noexcept {
+        thread_local const pid_t tid = static_cast<pid_t>(::syscall(SYS_gettid));
+        return tid;
+    }
+
+    /// Whether this thread may use the ring: the first thread of a deferred ring becomes its
+    /// issuer; another thread replaces it with a plain ring (a context run by several threads),
+    /// whose requests are armed again.
+    static bool issuer_locked(state& st) {
+        if (!st.deferred)
+            return true;
+        std::string why;
+        if (!st.enabled) {
+            if (!st.queue->enable(why))
+                return false;
+            st.enabled = true;
+            st.issuer = this_thread();
+            return true;
+        }
+        if (st.issuer == this_thread())
+            return true;
+        auto plain = std::make_unique<ring>();
+        if (!plain->setup(64, 0, why) || !plain->register_eventfd(st.event_fd, why))
+            return false; // out of descriptors or memory: the waits rely on their backstop polls
+        st.queue = std::move(plain); // closing the deferred ring cancels its requests
+        st.deferred = false;
+        st.armed = 0; // the caller arms st.words again
+        return true;
+    }
+
+    /// Submits waits on st.words (a new generation).
+    static void arm_locked(const std::shared_ptr<state>& stp) {
+        auto& st = *stp;
+        ++st.generation;
+        st.vectors.clear();
+        for (std::size_t i = 0; i < st.words.size(); i += max_words_per_request) {
+            const std::size_t n = std::min(max_words_per_request, st.words.size() - i);
+            std::vector<futex_waitv> v(n);
+            for (std::size_t j = 0; j < n; ++j) {
+                v[j].val = st.words[i + j].expected;
+                v[j].uaddr = reinterpret_cast<std::uintptr_t>(st.words[i + j].word);
+                v[j].flags = futex2_size_u32; // shared: the words are in a System V segment
+            }
+            st.vectors.push_back(std::move(v));
+        }
+        for (auto& v : st.vectors) {
+            io_uring_sqe* sqe = st.queue->next_entry();
+            if (sqe == nullptr)
+                break; // the rest rely on the backstop polls until the next watch()
+            sqe->opcode = op_futex_waitv;
+            sqe->addr = reinterpret_cast<std::uintptr_t>(v.data());
+            sqe->len = static_cast<std::uint32_t>(v.size());
+            sqe->user_data = st.generation;
+            ++st.armed;
+        }
+        std::string why;
+        if (!st.queue->submit(why))
+            st.armed = 0;
+        if (st.armed > 0)
+            wait_for_completions(stp);
+        else if (st.descriptor && st.waiting) {
+            // Nothing to hear: no pending wait on the eventfd either, or run() would not return.
+            boost::system::error_code ignored;
+            st.descriptor->cancel(ignored);
+        }
+    }
+
+    /// Waits (once) for the eventfd to be readable; called with the state's mutex held.
     static void wait_for_completions(const std::shared_ptr<state>& st) {
         if (st->waiting || st->service == nullptr)
             return;
@@ -335,6 +439,26 @@ private:
             [st](const boost::system::error_code& ec) { completed(st, ec); });
     }
 
+    /// Consumes the eventfd's count and the ring's completions. The eventfd first: a
+    /// completion that becomes ready after its read signals it again. A deferred ring's
+    /// completions are run here (the issuer's io_uring_enter), which signals the eventfd for
+    /// what they post: that count is read too, unless more became ready meanwhile.
+    static void reap_locked(state& st) {
+        std::uint64_t count = 0;
+        (void)!::read(st.event_fd, &count, sizeof count);
+        if (st.deferred && st.enabled)
+            do {
+                st.queue->run_deferred();
+                (void)!::read(st.event_fd, &count, sizeof count);
+            } while (st.queue->has_deferred());
+        st.queue->reap([&](const io_uring_cqe& cqe) {
+            if (cqe.user_data != st.generation)
+                return; // a cancelled generation, or a cancel request's own completion
+            if (st.armed > 0)
+                --st.armed;
+        });
+    }
+
     static void completed(const std::shared_ptr<state>& st, const boost::system::error_code& ec) {
         poll_service* service = nullptr;
         {
@@ -342,28 +466,19 @@ private:
             st->waiting = false;
             if (st->service == nullptr || ec == asio::error::operation_aborted)
                 return;
-            // Reaped until empty: a completion posted after that makes the ring readable again,
-            // and the wait armed below hears it (arming is an EPOLL_CTL_MOD, which reports a
-            // descriptor that is readable already).
-            bool rung = false;
-            st->queue.reap([&](const io_uring_cqe& cqe) {
-                if (cqe.user_data != st->generation)
-                    return; // a cancelled generation, or a cancel request's own completion
-                if (st->armed > 0)
-                    --st->armed;
-                if (cqe.res != -ECANCELED)
-                    rung = true; // woken (a word changed), or -EAGAIN: changed before armed
-            });
-            if (rung)
-                service = st->service;
+            service = st->service;
         }
-        // The woken waits first (on_doorbell runs their pass now and dispatches their
-        // handlers), then the wait for the next completions, unless the pass's watch() armed
-        // it already: its syscall is not on the path of the wake.
-        if (service != nullptr)
-            service->on_doorbell();
+        // The woken waits first: the words tell which changed, so their pass (semop) and
+        // handlers do not wait for the completions to be reaped. The pass's watch() replaces
+        // the requests if the words to watch changed.
+        service->on_doorbell();
         std::lock_guard lock(st->mutex);
-        if (st->service != nullptr && st->armed > 0 && !st->waiting)
+        if (st->service == nullptr || st->owner_pid != this_process() || !issuer_locked(*st))
+            return;
+        reap_locked(*st);
+        if (st->armed == 0 && !st->words.empty())
+            arm_locked(st); // a request ended (a word changed) with nothing re-armed: again
+        else if (st->armed > 0)
             wait_for_completions(st);
     }
 

@@ -409,9 +409,28 @@ void poll_service::arm_timer_at_locked(std::optional<clock::time_point> earliest
     });
 }
 
+void poll_service::plan_locked(clock::time_point now, bool retry_now) {
+    // One walk for what comes next: another yield pass, and the timer.
+    bool yielding = false;
+    std::optional<clock::time_point> earliest;
+    for (pending_wait* w = head_; w != nullptr; w = w->next) {
+        if (!w->sleeping)
+            yielding = true;
+        else if (!earliest || w->due < *earliest)
+            earliest = w->due;
+        if (w->deadline && (!earliest || *w->deadline < *earliest))
+            earliest = *w->deadline;
+    }
+    if (yielding || retry_now)
+        post_pass_locked();
+    arm_timer_at_locked(earliest);
+    update_watch_locked(now);
+}
+
 void poll_service::run_pass() {
     std::vector<std::pair<pending_wait*, error_code>> completed;
     bool yield_pass = false;
+    bool retry_now = false; // a wait was rung between its read of the words and its sleep
     {
         std::lock_guard lock(mutex_);
         pass_posted_ = false;
@@ -442,7 +461,6 @@ void poll_service::run_pass() {
             for (std::size_t k = 0; k < 2; ++k)
                 if (w->words[k] != nullptr)
                     w->seen[k] = doorbell_value(w->words[k]);
-        bool retry_now = false;
         for (auto group = candidates.begin(); group != candidates.end();) {
             const auto group_end =
                 std::find_if(group, candidates.end(),
@@ -506,24 +524,34 @@ void poll_service::run_pass() {
             }
             group = group_end;
         }
-        // One walk for what comes next: another yield pass, and the timer.
-        bool yielding = false;
-        std::optional<clock::time_point> earliest;
-        for (pending_wait* w = head_; w != nullptr; w = w->next) {
-            if (!w->sleeping)
-                yielding = true;
-            else if (!earliest || w->due < *earliest)
-                earliest = w->due;
-            if (w->deadline && (!earliest || *w->deadline < *earliest))
-                earliest = *w->deadline;
-        }
-        if (yielding || retry_now)
-            post_pass_locked();
-        arm_timer_at_locked(earliest);
-        update_watch_locked(now);
+        if (completed.empty())
+            plan_locked(now, retry_now);
     }
-    for (auto& [w, ec] : completed)
-        w->finish(w, ec, false);
+    if (!completed.empty()) {
+        // The handlers first: what comes next (the timer, the words to watch) is decided after
+        // them, so its syscalls are not on the path of the wake. A wait that sleeps meanwhile
+        // read its words before its attempt: a release since then is heard when they are
+        // watched (the kernel does not wait on a word whose value changed).
+        struct then_plan {
+            poll_service& service;
+            std::vector<std::pair<pending_wait*, error_code>>& completed;
+            bool retry_now;
+            std::size_t next = 0;
+            ~then_plan() {
+                // A handler threw (out of run()): the others' handlers are posted, not lost.
+                for (; next < completed.size(); ++next)
+                    completed[next].first->finish(completed[next].first, completed[next].second,
+                                                  true);
+                std::lock_guard lock(service.mutex_);
+                if (!service.shut_down_)
+                    service.plan_locked(clock::now(), retry_now);
+            }
+        } plan{*this, completed, retry_now};
+        while (plan.next < completed.size()) {
+            auto [w, ec] = completed[plan.next++];
+            w->finish(w, ec, false);
+        }
+    }
     // A yield pass that freed nobody: let another runnable thread (a peer process on this
     // CPU, say the one that will release) run before the next pass. Bounded: each wait yields
     // at most backoff::immediate_yields times.

@@ -369,6 +369,8 @@ private:
     void post_pass_locked();
     void arm_timer_at_locked(std::optional<std::chrono::steady_clock::time_point> earliest);
     void run_pass();
+    /// After a pass: another yield pass, the timer and the words to watch.
+    void plan_locked(std::chrono::steady_clock::time_point now, bool retry_now);
 
     mutable std::mutex mutex_;
     pending_wait* head_ = nullptr;
