@@ -145,7 +145,7 @@ def main():
     n = 40000 if args.quick else 200000
     results = []
     for size in (64, 4096):
-        for kind in ("channel", "message_queue", "socket", "channel_batch64"):
+        for kind in ("channel", "channel_immediate", "message_queue", "socket", "channel_batch64"):
             row = f"{kind}_{size}"
             count = n if size == 64 else n // 4
             count_short = count // 4

@@ -9,6 +9,7 @@ sysv_add_module_library(asio_sysv
     MODULES
         sysv.core=${_asio_sysv_dir}/core/sysv.core.cppm
         sysv.ring=${_asio_sysv_dir}/ring/sysv.ring.cppm
+        sysv.immediate=${_asio_sysv_dir}/async/sysv.immediate.cppm
         sysv.async=${_asio_sysv_dir}/async/sysv.async.cppm
         sysv.mutex=${_asio_sysv_dir}/mutex/sysv.mutex.cppm
         sysv.channel=${_asio_sysv_dir}/channel/sysv.channel.cppm

@@ -495,4 +495,105 @@ BOOST_AUTO_TEST_CASE(ready_sends_and_receives_complete_later_on_the_handlers_exe
     BOOST_TEST(left);
 }
 
+BOOST_AUTO_TEST_CASE(an_immediate_executor_completes_ready_operations_inline_with_bounded_nesting) {
+    // sysv::bind_immediate_executor waives "never from the initiating function" for a result
+    // known at once: dispatched through the bound executor (inline on a thread that runs it,
+    // posted elsewhere), never nested deeper than immediate_depth_limit, with every other
+    // association (here the allocator's and executor's defaults) left to the handler.
+    sysv_test::ipc_guard guard;
+    const sysv::key k(guard.temp_key());
+    asio::io_context io;
+    auto ch = open_guarded(guard, io, k);
+    bool joined = false;
+    ch.async_join("reader", [&](error_code ec) { joined = !ec; });
+    io.run();
+    io.restart();
+    BOOST_REQUIRE(joined);
+    const auto inline_ex = io.get_executor();
+    const std::string text = "ready";
+
+    // Not on a thread running `io`: dispatch posts it.
+    bool sent = false;
+    ch.async_send(asio::buffer(text),
+                  sysv::bind_immediate_executor(inline_ex, [&](error_code ec) { sent = !ec; }));
+    BOOST_TEST(!sent);
+    io.run();
+    io.restart();
+    BOOST_TEST(sent);
+
+    // From a handler of `io`: inline, for sends and receives (from the ring, then buffered).
+    std::vector<std::string> events;
+    asio::post(io, [&] {
+        ch.async_send(asio::buffer(text),
+                      sysv::bind_immediate_executor(inline_ex, [&](error_code ec) {
+                          events.push_back("sent " + ec.message());
+                      }));
+        events.push_back("after send");
+        ch.async_receive(
+            sysv::bind_immediate_executor(inline_ex, [&](error_code ec, sysv::channel_message m) {
+                events.push_back("received " + text_of(m) + " " + ec.message());
+            }));
+        events.push_back("after receive");
+        ch.async_receive_batch(sysv::bind_immediate_executor(
+            inline_ex, [&](error_code ec, std::vector<sysv::channel_message> all) {
+                events.push_back("batch of " + std::to_string(all.size()) + " " + ec.message());
+            }));
+        events.push_back("after batch");
+    });
+    io.run();
+    io.restart();
+    BOOST_TEST(events ==
+                   (std::vector<std::string>{"sent Success", "after send", "received ready Success",
+                                             "after receive", "batch of 1 Success", "after batch"}),
+               boost::test_tools::per_element());
+
+    // A chain of sends, each started by the previous one's handler: nesting stops at the limit
+    // (the next completion is posted, and the chain goes on from there).
+    constexpr int chain = 200;
+    int completed = 0, depth = 0, deepest = 0;
+    std::function<void()> next = [&] {
+        if (completed == chain)
+            return;
+        ch.async_send(asio::buffer(text),
+                      sysv::bind_immediate_executor(inline_ex, [&](error_code ec) {
+                          BOOST_TEST(!ec);
+                          ++completed;
+                          ++depth;
+                          deepest = std::max(deepest, depth);
+                          next();
+                          --depth;
+                      }));
+    };
+    asio::post(io, next);
+    io.run();
+    io.restart();
+    BOOST_TEST(completed == chain);
+    BOOST_TEST(deepest == sysv::immediate_depth_limit + 1); // a posted one, and the limit on it
+    BOOST_TEST(sysv::detail::immediate_depth() == 0);
+
+    // Coroutines: a long loop of immediate completions (the ring drained as it goes) keeps its
+    // stack bounded and its order.
+    int in_order = 0;
+    bool drained = false;
+    ch.async_receive_batch(
+        [&](error_code ec, std::vector<sysv::channel_message>) { drained = !ec; });
+    io.run();
+    io.restart();
+    BOOST_REQUIRE(drained);
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            const auto token = sysv::bind_immediate_executor(inline_ex, asio::use_awaitable);
+            for (int i = 0; i < 20000; ++i) {
+                const std::string n = std::to_string(i);
+                co_await ch.async_send(asio::buffer(n), token);
+                auto m = co_await ch.async_receive(token);
+                in_order += text_of(m) == n;
+            }
+        },
+        asio::detached);
+    io.run();
+    BOOST_TEST(in_order == 20000);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

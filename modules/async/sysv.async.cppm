@@ -55,6 +55,7 @@ module;
 export module sysv.async;
 
 export import sysv.core;
+export import sysv.immediate;
 
 export namespace sysv {
 

@@ -10,6 +10,7 @@ module;
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/cancellation_type.hpp>
 #include <boost/asio/compose.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/error.hpp>
 #include <boost/asio/post.hpp>
 
@@ -284,9 +285,11 @@ private:
 ///
 /// All async operations follow basic_async_semaphore_set's rules (any completion token,
 /// handler on its associated executor, never completed inline, per-operation cancellation of
-/// the underlying waits). The channel object must outlive its operations and must not be
-/// moved while any is pending; one operation of a kind at a time per object (one send, one
-/// receive).
+/// the underlying waits), with one opt-in: a send or receive whose result is known at once is
+/// dispatched through the handler's immediate executor when it has one
+/// (sysv::bind_immediate_executor), which saves the scheduler round trip of a post per call. The
+/// channel object must outlive its operations and must not be moved while any is pending; one
+/// operation of a kind at a time per object (one send, one receive).
 template <class Executor = boost::asio::any_io_executor>
 class basic_channel : private detail::channel_state {
 public:
@@ -551,15 +554,12 @@ private:
         boost::asio::post(get_executor(), std::move(handler));
     }
 
-    /// Posts a completion decided in an initiating function (never inline) straight to the
-    /// handler's associated executor (the channel's when it has none), with its associated
-    /// allocator: the operation is over, so no work is held on the channel's executor and no
-    /// second hop from it to the handler's is needed.
+    /// Completes an operation decided in its initiating function (detail::complete_at_once):
+    /// no work is held on the channel's executor, nor a second hop made from it.
     template <class Handler, class... Args>
     void post_completion(Handler&& handler, Args&&... args) {
-        const auto ex = boost::asio::get_associated_executor(handler, get_executor());
-        boost::asio::post(
-            ex, boost::asio::append(std::forward<Handler>(handler), std::forward<Args>(args)...));
+        detail::complete_at_once(get_executor(), std::forward<Handler>(handler),
+                                 std::forward<Args>(args)...);
     }
 
     struct send_op {
