@@ -72,7 +72,7 @@ template <class T, class Executor>
 constexpr bool has_immediate_executor<immediate_executor_binder<T, Executor>> = true;
 
 /// Completions dispatched inline that may nest on one thread before the next one is posted.
-inline constexpr int immediate_depth_limit = 16;
+inline constexpr int immediate_depth_limit = 64;
 
 } // namespace sysv
 
