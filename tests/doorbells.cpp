@@ -393,6 +393,24 @@ BOOST_AUTO_TEST_CASE(a_context_run_by_one_thread_then_another_or_by_two_keeps_he
             asio::io_context io;
             sysv::async_semaphore_set set(io, sysv::semaphore_set::open_id(id), doorbell_only());
             const auto mode_before = sysv::wake_mode_of(io);
+            {
+                // Armed by a thread that then ends (its requests end with it), heard by the next.
+                bool woken = false;
+                set.async_acquire(0, [&](error_code ec) { woken = !ec; });
+                std::thread([&] { io.run_for(100ms); }).join();
+                SYSV_CHILD_CHECK(!woken);
+                sysv_test::child releaser([id] {
+                    std::this_thread::sleep_for(100ms);
+                    sysv::semaphore_set::open_id(id).apply(sysv::op::release(0));
+                    return 0;
+                });
+                int rc = -1;
+                std::thread([&] { rc = run_until_done(io); }).join();
+                io.restart();
+                SYSV_CHILD_CHECK(releaser.wait().exited_with(0));
+                SYSV_CHILD_CHECK(rc == 0);
+                SYSV_CHILD_CHECK(woken);
+            }
             for (int round = 0; round < 3; ++round) { // a new thread runs the context each round
                 bool woken = false;
                 set.async_acquire(0, [&](error_code ec) { woken = !ec; });
