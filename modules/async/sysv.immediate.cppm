@@ -99,13 +99,13 @@ void complete_at_once(const Executor& ex, Handler&& handler, Args&&... args) {
             } scope{++depth};
             const auto immediate = handler.get_immediate_executor();
             return boost::asio::dispatch(
-                immediate, boost::asio::append(std::forward<Handler>(handler),
-                                               std::forward<Args>(args)...));
+                immediate,
+                boost::asio::append(std::forward<Handler>(handler), std::forward<Args>(args)...));
         }
     }
     const auto target = boost::asio::get_associated_executor(handler, ex);
-    boost::asio::post(target, boost::asio::append(std::forward<Handler>(handler),
-                                                  std::forward<Args>(args)...));
+    boost::asio::post(
+        target, boost::asio::append(std::forward<Handler>(handler), std::forward<Args>(args)...));
 }
 
 } // namespace sysv::detail
@@ -121,7 +121,8 @@ struct associator<Associator, sysv::immediate_executor_binder<T, Executor>, Defa
         return Associator<T, Default>::get(b.get());
     }
     static auto get(const sysv::immediate_executor_binder<T, Executor>& b,
-                    const Default& c) noexcept -> decltype(Associator<T, Default>::get(b.get(), c)) {
+                    const Default& c) noexcept
+        -> decltype(Associator<T, Default>::get(b.get(), c)) {
         return Associator<T, Default>::get(b.get(), c);
     }
 };
@@ -146,12 +147,11 @@ public:
 
     template <class Initiation, class RawToken, class... Args>
     static auto initiate(Initiation&& initiation, RawToken&& token, Args&&... args) {
-        return async_initiate<std::conditional_t<std::is_const_v<std::remove_reference_t<RawToken>>,
-                                                 const T, T>,
-                              Signature>(
-            init_wrapper<std::decay_t<Initiation>>{std::forward<Initiation>(initiation),
-                                                   token.get_immediate_executor()},
-            token.get(), std::forward<Args>(args)...);
+        return async_initiate<
+            std::conditional_t<std::is_const_v<std::remove_reference_t<RawToken>>, const T, T>,
+            Signature>(init_wrapper<std::decay_t<Initiation>>{std::forward<Initiation>(initiation),
+                                                              token.get_immediate_executor()},
+                       token.get(), std::forward<Args>(args)...);
     }
 };
 
