@@ -539,12 +539,19 @@ BOOST_AUTO_TEST_CASE(an_immediate_executor_completes_ready_operations_inline_wit
                 events.push_back("batch of " + std::to_string(all.size()) + " " + ec.message());
             }));
         events.push_back("after batch");
+        ch.async_send(asio::buffer(text),
+                      sysv::bind_immediate_executor(
+                          inline_ex, asio::as_tuple([&](std::tuple<error_code> r) {
+                              events.push_back("tuple sent " + std::get<0>(r).message());
+                          })));
+        events.push_back("after tuple send");
     });
     io.run();
     io.restart();
     BOOST_TEST(events ==
                    (std::vector<std::string>{"sent Success", "after send", "received ready Success",
-                                             "after receive", "batch of 1 Success", "after batch"}),
+                                             "after receive", "batch of 1 Success", "after batch",
+                                             "tuple sent Success", "after tuple send"}),
                boost::test_tools::per_element());
 
     // A chain of sends, each started by the previous one's handler: nesting stops at the limit
@@ -584,11 +591,19 @@ BOOST_AUTO_TEST_CASE(an_immediate_executor_completes_ready_operations_inline_wit
         io,
         [&]() -> asio::awaitable<void> {
             const auto token = sysv::bind_immediate_executor(inline_ex, asio::use_awaitable);
+            // Bound outermost, the binder also carries other adapters' tokens (as_tuple here).
+            const auto tuple_token =
+                sysv::bind_immediate_executor(inline_ex, asio::as_tuple(asio::use_awaitable));
             for (int i = 0; i < 20000; ++i) {
                 const std::string n = std::to_string(i);
                 co_await ch.async_send(asio::buffer(n), token);
-                auto m = co_await ch.async_receive(token);
-                in_order += text_of(m) == n;
+                if (i % 2 == 0) {
+                    auto m = co_await ch.async_receive(token);
+                    in_order += text_of(m) == n;
+                } else {
+                    auto [ec, m] = co_await ch.async_receive(tuple_token);
+                    in_order += !ec && text_of(m) == n;
+                }
             }
         },
         asio::detached);

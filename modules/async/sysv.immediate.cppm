@@ -13,7 +13,10 @@
 // the coroutine goes on without a scheduler round trip. Operations that honour it say so
 // (today: the channel's async_send, async_send_batch, async_receive and
 // async_receive_batch). At most immediate_depth_limit completions nest on one thread; the
-// next one is posted, so a loop of immediate completions cannot exhaust the stack.
+// next one is posted, so a loop of immediate completions cannot exhaust the stack. The binder
+// is found only outermost: bind_immediate_executor(ex, asio::as_tuple(asio::use_awaitable)),
+// not as_tuple(bind_immediate_executor(...)), whose adapter hides it (the completion is then
+// posted, as without a binder).
 module;
 
 #include <boost/asio/append.hpp>
