@@ -286,11 +286,12 @@ public:
         }
         // Disabled until the first watch(), whose thread becomes the ring's issuer.
         std::string deferred_why;
-        if (open_ring(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+        if (open_ring(st,
+                      IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
                           IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_R_DISABLED,
                       deferred_why)) {
             st.deferred = true;
-        } else if (!open_ring(0, why)) { // before Linux 6.1: a ring that runs its completions
+        } else if (!open_ring(st, 0, why)) { // before Linux 6.1: a ring that runs its completions
             return false;
         }
         st.owner_pid = this_process();
@@ -346,12 +347,13 @@ private:
         }
     };
 
-    bool open_ring(unsigned flags, std::string& why) {
+    /// Replaces st.queue with a new ring (IORING_SETUP_* `flags`) that signals st.event_fd.
+    static bool open_ring(state& st, unsigned flags, std::string& why) {
         auto queue = std::make_unique<ring>();
         if (!queue->setup(64, flags, why) || !queue->supports_futex_waitv(why) ||
-            !queue->register_eventfd(state_->event_fd, why))
+            !queue->register_eventfd(st.event_fd, why))
             return false;
-        state_->queue = std::move(queue);
+        st.queue = std::move(queue); // closing the previous ring cancels its requests
         return true;
     }
 
@@ -376,10 +378,8 @@ private:
         }
         if (st.issuer == this_thread())
             return true;
-        auto plain = std::make_unique<ring>();
-        if (!plain->setup(64, 0, why) || !plain->register_eventfd(st.event_fd, why))
+        if (!open_ring(st, 0, why))
             return false; // out of descriptors or memory: the waits rely on their backstop polls
-        st.queue = std::move(plain); // closing the deferred ring cancels its requests
         st.deferred = false;
         st.armed = 0; // the caller arms st.words again
         return true;
