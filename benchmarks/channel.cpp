@@ -584,25 +584,16 @@ void run_channel_section(bench::context& ctx) {
             const std::string size_text = sz.size == 65536  ? "64 KiB"
                                           : sz.size == 4096 ? "4 KiB"
                                                             : std::to_string(sz.size) + " B";
-            if (single && sz.size == 64) {
+            if ((single || immediate) && sz.size == 64) {
+                const std::string what =
+                    std::string("channel, one async_send per message at 64 B") +
+                    (immediate ? ", immediate executor bound" : "");
                 if (!std::isnan(to_queue))
-                    ctx.target("channel, one async_send per message at 64 B: >= 1x the "
-                               "message_queue's rate",
+                    ctx.target(what + ": >= 1x the message_queue's rate",
                                bench::ratio_text(to_queue), to_queue >= 1.0);
                 if (!std::isnan(to_socket))
-                    ctx.target("channel, one async_send per message at 64 B: >= 10x the "
-                               "Unix-socket rate",
-                               bench::ratio_text(to_socket), to_socket >= 10.0);
-            }
-            if (immediate && sz.size == 64) {
-                if (!std::isnan(to_queue))
-                    ctx.target("channel, one async_send per message at 64 B, immediate executor "
-                               "bound: >= 1x the message_queue's rate",
-                               bench::ratio_text(to_queue), to_queue >= 1.0);
-                if (!std::isnan(to_socket))
-                    ctx.target("channel, one async_send per message at 64 B, immediate executor "
-                               "bound: >= 10x the Unix-socket rate",
-                               bench::ratio_text(to_socket), to_socket >= 10.0);
+                    ctx.target(what + ": >= 10x the Unix-socket rate", bench::ratio_text(to_socket),
+                               to_socket >= 10.0);
             }
             if (single && sz.size == 65536) {
                 if (!std::isnan(to_queue))
