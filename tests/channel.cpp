@@ -77,6 +77,17 @@ sysv::channel open_guarded(sysv_test::ipc_guard& guard, asio::io_context& io, sy
     return ch;
 }
 
+/// open_guarded, then joined as "reader" (`io` ready to run again).
+sysv::channel open_joined(sysv_test::ipc_guard& guard, asio::io_context& io, sysv::key k) {
+    auto ch = open_guarded(guard, io, k);
+    bool joined = false;
+    ch.async_join("reader", [&](error_code ec) { joined = !ec; });
+    io.run();
+    io.restart();
+    BOOST_REQUIRE(joined);
+    return ch;
+}
+
 } // namespace
 
 BOOST_AUTO_TEST_SUITE(channel)
@@ -439,12 +450,7 @@ BOOST_AUTO_TEST_CASE(ready_sends_and_receives_complete_later_on_the_handlers_exe
     sysv_test::ipc_guard guard;
     const sysv::key k(guard.temp_key());
     asio::io_context io, elsewhere;
-    auto ch = open_guarded(guard, io, k);
-    bool joined = false;
-    ch.async_join("reader", [&](error_code ec) { joined = !ec; });
-    io.run();
-    io.restart();
-    BOOST_REQUIRE(joined);
+    auto ch = open_joined(guard, io, k);
     const std::string first = "first", second = "second", big(ch.shape().max_message_size + 1, 'x');
     const asio::const_buffer batch[] = {asio::buffer(first), asio::buffer(second)};
     std::vector<std::string> events;
@@ -503,12 +509,7 @@ BOOST_AUTO_TEST_CASE(an_immediate_executor_completes_ready_operations_inline_wit
     sysv_test::ipc_guard guard;
     const sysv::key k(guard.temp_key());
     asio::io_context io;
-    auto ch = open_guarded(guard, io, k);
-    bool joined = false;
-    ch.async_join("reader", [&](error_code ec) { joined = !ec; });
-    io.run();
-    io.restart();
-    BOOST_REQUIRE(joined);
+    auto ch = open_joined(guard, io, k);
     const auto inline_ex = io.get_executor();
     const std::string text = "ready";
 

@@ -57,6 +57,15 @@ std::vector<const char*> doorbell_modes() {
     return modes;
 }
 
+/// A child that releases semaphore `sem` of set `id` through the library after `after`.
+sysv_test::child release_later(int id, std::size_t sem, std::chrono::milliseconds after) {
+    return sysv_test::child([=] {
+        std::this_thread::sleep_for(after);
+        sysv::semaphore_set::open_id(id).apply(sysv::op::release(sem));
+        return 0;
+    });
+}
+
 int run_until_done(asio::io_context& io, std::chrono::seconds limit = 30s) {
     io.run_for(limit);
     return io.stopped() ? 0 : 96; // 96: work was left (a wait never woken, or something armed)
@@ -94,11 +103,7 @@ BOOST_AUTO_TEST_CASE(a_release_in_another_process_wakes_a_wait_that_no_longer_po
             asio::io_context io;
             sysv::async_semaphore_set set(io, sysv::semaphore_set::open_id(id), doorbell_only());
             // Released by the blocking API in one child, by the async API in another.
-            sysv_test::child sync_releaser([id] {
-                std::this_thread::sleep_for(200ms);
-                sysv::semaphore_set::open_id(id).apply(sysv::op::release(0));
-                return 0;
-            });
+            sysv_test::child sync_releaser = release_later(id, 0, 200ms);
             sysv_test::child async_releaser([id] {
                 std::this_thread::sleep_for(300ms);
                 asio::io_context other;
@@ -282,11 +287,7 @@ BOOST_AUTO_TEST_CASE(cancellation_and_deadlines_of_sleeping_waits_leave_nothing_
             SYSV_CHILD_CHECK(run_until_done(io) == 0);
             SYSV_CHILD_CHECK(result == asio::error::timed_out);
             // And the doorbell still works for the next wait.
-            sysv_test::child releaser([id] {
-                std::this_thread::sleep_for(100ms);
-                sysv::semaphore_set::open_id(id).apply(sysv::op::release(0));
-                return 0;
-            });
+            sysv_test::child releaser = release_later(id, 0, 100ms);
             set.async_acquire(0, [&](error_code ec) { result = ec; });
             io.restart();
             SYSV_CHILD_CHECK(run_until_done(io) == 0);
@@ -361,11 +362,7 @@ BOOST_AUTO_TEST_CASE(a_forked_child_gets_its_own_ring_or_thread_and_the_parent_k
                 bool woken = false;
                 mine.async_acquire(1, [&](error_code ec) { woken = !ec; });
                 SYSV_CHILD_CHECK(sysv::wake_mode_of(fresh) == mode_before);
-                sysv_test::child releaser([id] {
-                    std::this_thread::sleep_for(100ms);
-                    sysv::semaphore_set::open_id(id).apply(sysv::op::release(1));
-                    return 0;
-                });
+                sysv_test::child releaser = release_later(id, 1, 100ms);
                 const int rc = run_until_done(fresh);
                 SYSV_CHILD_CHECK(releaser.wait().exited_with(0));
                 SYSV_CHILD_CHECK(woken);
@@ -399,11 +396,7 @@ BOOST_AUTO_TEST_CASE(a_context_run_by_one_thread_then_another_or_by_two_keeps_he
                 set.async_acquire(0, [&](error_code ec) { woken = !ec; });
                 std::thread([&] { io.run_for(100ms); }).join();
                 SYSV_CHILD_CHECK(!woken);
-                sysv_test::child releaser([id] {
-                    std::this_thread::sleep_for(100ms);
-                    sysv::semaphore_set::open_id(id).apply(sysv::op::release(0));
-                    return 0;
-                });
+                sysv_test::child releaser = release_later(id, 0, 100ms);
                 int rc = -1;
                 std::thread([&] { rc = run_until_done(io); }).join();
                 io.restart();
@@ -414,11 +407,7 @@ BOOST_AUTO_TEST_CASE(a_context_run_by_one_thread_then_another_or_by_two_keeps_he
             for (int round = 0; round < 3; ++round) { // a new thread runs the context each round
                 bool woken = false;
                 set.async_acquire(0, [&](error_code ec) { woken = !ec; });
-                sysv_test::child releaser([id] {
-                    std::this_thread::sleep_for(100ms);
-                    sysv::semaphore_set::open_id(id).apply(sysv::op::release(0));
-                    return 0;
-                });
+                sysv_test::child releaser = release_later(id, 0, 100ms);
                 int rc = -1;
                 std::thread([&] { rc = run_until_done(io); }).join();
                 io.restart();
