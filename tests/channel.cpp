@@ -555,6 +555,40 @@ BOOST_AUTO_TEST_CASE(an_immediate_executor_completes_ready_operations_inline_wit
                                              "tuple sent Success", "after tuple send"}),
                boost::test_tools::per_element());
 
+    // The hop to the handler's own executor is kept: a handler bound to a strand runs in it.
+    // An immediate executor that must not block (blocking.never) never runs it inline.
+    events.clear();
+    auto strand = asio::make_strand(io);
+    asio::post(io, [&] {
+        ch.async_send(asio::buffer(text),
+                      sysv::bind_immediate_executor(
+                          inline_ex, asio::bind_executor(strand, [&](error_code ec) {
+                              events.push_back(std::string("sent in strand ") +
+                                               (strand.running_in_this_thread() ? "yes " : "no ") +
+                                               ec.message());
+                          })));
+        events.push_back("after strand send");
+        ch.async_send(
+            asio::buffer(text),
+            sysv::bind_immediate_executor(
+                asio::require(inline_ex, asio::execution::blocking.never),
+                [&](error_code ec) { events.push_back("never-blocking " + ec.message()); }));
+        events.push_back("after never-blocking send");
+    });
+    io.run();
+    io.restart();
+    BOOST_TEST(
+        events == (std::vector<std::string>{"sent in strand yes Success", "after strand send",
+                                            "after never-blocking send", "never-blocking Success"}),
+        boost::test_tools::per_element());
+    bool emptied = false;
+    ch.async_receive_batch([&](error_code ec, std::vector<sysv::channel_message> all) {
+        emptied = !ec && all.size() == 3; // these two and the tuple send's
+    });
+    io.run();
+    io.restart();
+    BOOST_TEST(emptied);
+
     // A chain of sends, each started by the previous one's handler: nesting stops at the limit
     // (the next completion is posted, and the chain goes on from there).
     constexpr int chain = 200;

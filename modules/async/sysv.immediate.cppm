@@ -19,12 +19,16 @@
 // posted, as without a binder).
 module;
 
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/append.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/associator.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/dispatch.hpp>
+#include <boost/asio/execution/blocking.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/query.hpp>
 
 #include <type_traits>
 #include <utility>
@@ -87,10 +91,39 @@ export inline int& immediate_depth() noexcept {
     return depth;
 }
 
+template <class T>
+constexpr bool is_io_context_executor = false;
+template <class Allocator, unsigned int Bits>
+constexpr bool
+    is_io_context_executor<boost::asio::io_context::basic_executor_type<Allocator, Bits>> = true;
+
+/// Whether dispatching through `ex` runs the function inline, right now, on this thread: `ex`
+/// is (or an any_io_executor holding) an io_context's executor that this thread is running
+/// and that allows blocking. For any other executor: false (not known without dispatching).
+template <class Executor>
+bool dispatches_inline(const Executor& ex) noexcept {
+    if constexpr (is_io_context_executor<Executor>) {
+        return boost::asio::query(ex, boost::asio::execution::blocking) !=
+                   boost::asio::execution::blocking.never &&
+               ex.running_in_this_thread();
+    } else if constexpr (std::is_same_v<Executor, boost::asio::any_io_executor>) {
+        const auto* target = ex.template target<boost::asio::io_context::executor_type>();
+        return target != nullptr && dispatches_inline(*target);
+    } else {
+        return false;
+    }
+}
+
 /// Completes an operation whose result is known in its initiating function: dispatched
 /// through the handler's immediate executor (inline on a thread that runs it) while fewer than
 /// immediate_depth_limit are nested on this thread; otherwise posted to the handler's
 /// associated executor (`ex` when it has none). Either way with the handler's allocator.
+///
+/// Dispatching through the immediate executor hops to the handler's associated executor too
+/// (asio::dispatch's work_dispatcher). When both hops are known to run inline (an io_context's
+/// executor, or an any_io_executor holding one, run by this thread), the handler is invoked
+/// directly: the same effect without the type-erased function object, its allocation and the
+/// two work counts. This is most of the cost of an immediate completion.
 export template <class Executor, class Handler, class... Args>
 void complete_at_once(const Executor& ex, Handler&& handler, Args&&... args) {
     if constexpr (has_immediate_executor<std::decay_t<Handler>>) {
@@ -101,6 +134,11 @@ void complete_at_once(const Executor& ex, Handler&& handler, Args&&... args) {
                 ~nested() { --depth; }
             } scope{++depth};
             const auto immediate = handler.get_immediate_executor();
+            if (dispatches_inline(immediate) &&
+                dispatches_inline(boost::asio::get_associated_executor(handler, ex))) {
+                std::decay_t<Handler> local(std::forward<Handler>(handler));
+                return std::move(local)(std::forward<Args>(args)...);
+            }
             return boost::asio::dispatch(
                 immediate,
                 boost::asio::append(std::forward<Handler>(handler), std::forward<Args>(args)...));
