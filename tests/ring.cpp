@@ -227,6 +227,30 @@ BOOST_AUTO_TEST_CASE(the_lock_word_has_one_holder_and_tells_of_sleepers) {
     BOOST_TEST(lock.holder() == 0u);
 }
 
+BOOST_AUTO_TEST_CASE(a_count_of_sleeping_readers_tells_writers_whether_to_look) {
+    // Writers read the count (on the header line they write anyway) before any reader entry.
+    test_ring r({4, 64, 1024});
+    BOOST_TEST(!r.view.any_sleeping());
+    r.view.set_sleeping(1, true);
+    r.view.set_sleeping(1, true); // already set: counted once
+    r.view.set_sleeping(3, true);
+    BOOST_TEST(r.view.any_sleeping());
+    BOOST_TEST(r.view.take_sleeping(1));
+    BOOST_TEST(!r.view.take_sleeping(1));
+    BOOST_TEST(r.view.any_sleeping()); // reader 3 still sleeps
+    r.view.set_sleeping(3, false);
+    BOOST_TEST(!r.view.any_sleeping());
+    // A reader killed between its two writes leaves the count above the flags, never below: the
+    // next writer looks, finds nothing, and clears it.
+    std::uint32_t stale = 1;
+    std::memcpy(r.memory.data() + ring::offsets::sleeping_readers, &stale, sizeof stale);
+    BOOST_TEST(r.view.any_sleeping());
+    for (std::size_t slot = 0; slot < 4; ++slot)
+        BOOST_TEST(!r.view.take_sleeping(slot));
+    r.view.clear_sleeping_count();
+    BOOST_TEST(!r.view.any_sleeping());
+}
+
 BOOST_AUTO_TEST_CASE(foreign_and_truncated_segments_are_refused) {
     std::vector<std::byte> memory(ring::segment_size(small_layout()));
     sysv::error_code ec;

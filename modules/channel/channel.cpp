@@ -9,6 +9,7 @@ module;
 #include <csignal>
 #include <sys/sem.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -38,6 +39,13 @@ constexpr std::chrono::microseconds space_spin_time{100};
 /// How often a busy channel looks at its objects (one IPC_STAT): a removed room is noticed
 /// within this time by any operation that runs.
 constexpr std::chrono::milliseconds object_check_interval{100};
+
+// CLOCK_MONOTONIC_COARSE: the monotonic clock at the last tick, read without the TSC.
+std::chrono::nanoseconds coarse_now() noexcept {
+    timespec ts{};
+    ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
 } // namespace
 
 channel_state::channel_state(const channel_options& options)
@@ -222,7 +230,7 @@ std::string channel_state::open_detail(const error_code& ec) const {
 // is whole or gone: when either object is found removed, the other is removed too, so every
 // member learns it (errc::removed) and the next joiner starts afresh.
 error_code channel_state::check_objects() {
-    last_check_ = std::chrono::steady_clock::now();
+    last_check_ = coarse_now();
     error_code ec;
     const auto status = segment_.stat(ec);
     if (!ec && (status.marked_for_removal || status.ipc_key != segment_.ipc_key()))
@@ -231,8 +239,10 @@ error_code channel_state::check_objects() {
 }
 
 // check_objects(), at most every `interval` (a syscall; the per-message path stays without one).
+// The clock is the coarse one (a tick's resolution, a few ms): read on every send, it costs a
+// few ns where the precise clock costs tens.
 error_code channel_state::check_objects_every(std::chrono::milliseconds interval) {
-    if (std::chrono::steady_clock::now() - last_check_ < interval)
+    if (coarse_now() - last_check_ < interval)
         return {};
     return check_objects();
 }
@@ -581,9 +591,12 @@ channel_state::send_locked(std::span<const boost::asio::const_buffer> messages, 
             break;
     }
     std::vector<operation> extra;
-    for (std::size_t r = 0; r < options_.shape.max_readers; ++r)
-        if (view.take_sleeping(r))
-            extra.push_back(op::release(sems_.doorbell(r)));
+    if (view.any_sleeping()) { // else no reader entry is touched
+        for (std::size_t r = 0; r < options_.shape.max_readers; ++r)
+            if (view.take_sleeping(r))
+                extra.push_back(op::release(sems_.doorbell(r)));
+        view.clear_sleeping_count();
+    }
     // A writer that found the ring full first retries on posted passes for a while (the reader,
     // awake, frees room without the lock); only then does it count itself as waiting, which
     // sends readers to the locked path that rings `space`.
@@ -644,7 +657,8 @@ channel_state::drained channel_state::drain_without_lock() {
     auto view = open_view(ec);
     if (ec || view.waiting_writers() > 0 || !cursor_is_ours(view))
         return drained::need_lock;
-    std::vector<ring::message> batch;
+    auto& batch = unlocked_batch_;
+    batch.clear();
     const auto read = view.read_unlocked(slot_, batch, max_batch);
     if (read == ring::view::unlocked_read::need_lock)
         return drained::need_lock;
@@ -653,6 +667,7 @@ channel_state::drained channel_state::drain_without_lock() {
     remember_cursor(view);
     for (auto& m : batch)
         inbox_.push_back(std::move(m));
+    batch.clear();
     return drained::taken;
 }
 

@@ -219,11 +219,12 @@ protected:
     std::uint64_t lock_id_;       ///< this process in the lock word (pid and start time)
     std::uint64_t pid_namespace_; ///< must match the segment's (its lock names pids)
     const char* failed_step_ = "channel open_or_create"; ///< for open_or_create's message
-    std::uint64_t owner_ = 0; ///< the set id the segment was initialised for
-    std::chrono::steady_clock::time_point last_check_{};
+    std::uint64_t owner_ = 0;               ///< the set id the segment was initialised for
+    std::chrono::nanoseconds last_check_{}; ///< CLOCK_MONOTONIC_COARSE
     std::size_t slot_ = no_slot;
     std::uint64_t cursor_ = 0, cursor_seq_ = 0; ///< this reader's position, as it left it
     std::deque<ring::message> inbox_;
+    std::vector<ring::message> unlocked_batch_; ///< drain_without_lock's, kept for its capacity
     std::uint64_t pending_missed_ = 0;
     std::vector<ring::member> lost_;
     bool closed_ = false;
@@ -554,14 +555,6 @@ private:
         boost::asio::post(get_executor(), std::move(handler));
     }
 
-    /// Completes an operation decided in its initiating function (detail::complete_at_once):
-    /// no work is held on the channel's executor, nor a second hop made from it.
-    template <class Handler, class... Args>
-    void post_completion(Handler&& handler, Args&&... args) {
-        detail::complete_at_once(get_executor(), std::forward<Handler>(handler),
-                                 std::forward<Args>(args)...);
-    }
-
     struct send_op {
         basic_channel* self;
         boost::asio::const_buffer single;                 ///< async_send's message
@@ -791,9 +784,10 @@ private:
     };
 
     /// async_send and async_send_batch. The ready path (the lock is free and the ring has room:
-    /// the common case) sends in the initiating function and posts the completion: a plain
-    /// post, without a composed operation's state, work guard and cancellation state. Anything
-    /// else (a wait, an error to report) goes through send_op from its start.
+    /// the common case) sends in the initiating function and completes through
+    /// detail::complete_at_once (posted; inline through a bound immediate executor), without a
+    /// composed operation's state, work guard and cancellation state. Anything else (a wait,
+    /// an error to report) goes through send_op from its start.
     struct initiate_send {
         basic_channel* self;
         using executor_type = Executor;
@@ -804,14 +798,15 @@ private:
             auto& ch = *self;
             error_code ec;
             if (ch.send_now(op.messages(), op.next, ec))
-                return ch.post_completion(std::forward<Handler>(handler), ec);
+                return detail::complete_at_once(ch.get_executor(), std::forward<Handler>(handler),
+                                                ec);
             ch.template compose<void(error_code)>(std::move(op), std::forward<Handler>(handler));
         }
     };
 
     /// async_receive and async_receive_batch. The ready path (messages buffered, or in the ring
-    /// for this reader without the lock) hands them out from the initiating function with a
-    /// posted completion, as initiate_send does; waiting goes through receive_op.
+    /// for this reader without the lock) hands them out from the initiating function and
+    /// completes as initiate_send does; waiting goes through receive_op.
     template <bool Batch>
     struct initiate_receive {
         basic_channel* self;
@@ -823,7 +818,8 @@ private:
             auto& ch = *self;
             if (ch.receive_now()) {
                 auto [ec, result] = ch.template take_buffered<Batch>();
-                return ch.post_completion(std::forward<Handler>(handler), ec, std::move(result));
+                return detail::complete_at_once(ch.get_executor(), std::forward<Handler>(handler),
+                                                ec, std::move(result));
             }
             using result_type = typename receive_op<Batch>::result_type;
             ch.template compose<void(error_code, result_type)>(receive_op<Batch>{self},

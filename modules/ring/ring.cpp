@@ -395,13 +395,22 @@ void view::resync_reader(std::size_t slot) noexcept {
 }
 
 void view::set_sleeping(std::size_t slot, bool sleeping) noexcept {
-    if (slot < layout_.max_readers)
-        store32(entry(slot) + offsets::sleeping, sleeping ? 1 : 0);
+    if (slot >= layout_.max_readers)
+        return;
+    const bool was = load32(entry(slot) + offsets::sleeping) != 0;
+    const std::uint32_t count = load32(offsets::sleeping_readers);
+    if (sleeping && !was)
+        store32(offsets::sleeping_readers, count == UINT32_MAX ? count : count + 1);
+    store32(entry(slot) + offsets::sleeping, sleeping ? 1 : 0);
+    if (!sleeping && was && count != 0)
+        store32(offsets::sleeping_readers, count - 1);
 }
 bool view::take_sleeping(std::size_t slot) noexcept {
     if (slot >= layout_.max_readers || load32(entry(slot) + offsets::sleeping) == 0)
         return false;
     store32(entry(slot) + offsets::sleeping, 0);
+    if (const std::uint32_t count = load32(offsets::sleeping_readers); count != 0)
+        store32(offsets::sleeping_readers, count - 1);
     return true;
 }
 

@@ -38,7 +38,7 @@ export import sysv.core;
 export namespace sysv::ring {
 
 inline constexpr std::uint64_t magic = 0x314e484356535953ULL; // "SYSVCHN1"
-inline constexpr std::uint32_t version = 3;
+inline constexpr std::uint32_t version = 4;
 inline constexpr std::uint32_t wrap_marker = 0xFFFFFFFFu;
 inline constexpr std::size_t label_capacity = 48;
 inline constexpr std::size_t record_header_size = 16;
@@ -56,13 +56,20 @@ constexpr std::uint64_t record_size(std::uint64_t payload) noexcept {
     return (record_header_size + payload + 7) & ~std::uint64_t(7);
 }
 
-// Field offsets (the header is 128 bytes, a reader entry 96).
+// Field offsets (the header is 128 bytes, a reader entry 96). The header's two cache lines are
+// split by who writes them, so that a message costs the reader one line of the header:
+//   0..63    written at creation or rarely (shape, owner, repairs, waiting_writers): read by
+//            everyone on every operation, it stays in every core's cache;
+//   64..127  written by every send (the lock, the dirty marker, head, the sleeping readers'
+//            count): the one line of the header that moves to the reader with each message.
+// Reader entries are written by their reader (its cursor) and, rarely, by the lock holder.
 namespace offsets {
 inline constexpr std::size_t magic = 0, version = 8, max_readers = 12, max_message_size = 16,
-                             capacity = 24, head = 32, head_seq = 40, tail = 48, tail_seq = 56,
-                             dirty = 64, dirty_pid = 68, waiting_writers = 72, repairs = 80,
-                             full_since = 88, owner = 96, lock = 104, lock_sleepers = 112,
-                             pid_namespace = 120, header_size = 128;
+                             capacity = 24, owner = 32, pid_namespace = 40, repairs = 48,
+                             waiting_writers = 56, head = 64, head_seq = 72, tail = 80,
+                             tail_seq = 88, dirty = 96, dirty_pid = 100, lock = 104,
+                             lock_sleepers = 112, sleeping_readers = 116, full_since = 120,
+                             header_size = 128;
 inline constexpr std::size_t cursor = 0, cursor_seq = 8, pid = 16, in_use = 20, sleeping = 24,
                              label = 32, entry_size = 96;
 } // namespace offsets
@@ -205,8 +212,15 @@ public:
     /// Moves reader `slot` to head (after its position was found overwritten).
     void resync_reader(std::size_t slot) noexcept;
     /// Sets the "waiting for a doorbell" flag of a reader / takes it (returns the old value).
+    /// Setting it also counts it in the header (first the count, then the flag), so that a
+    /// writer learns from one word on its own cache line whether to look at the flags at all.
     void set_sleeping(std::size_t slot, bool sleeping) noexcept;
     bool take_sleeping(std::size_t slot) noexcept;
+    /// Whether a reader may be waiting for a doorbell: the count is never below the flags set
+    /// (a crash between the two writes leaves it above), so 0 means none is.
+    bool any_sleeping() const noexcept { return load32(offsets::sleeping_readers) != 0; }
+    /// After taking every reader's flag: the count is 0 again (whatever it held).
+    void clear_sleeping_count() noexcept { store32(offsets::sleeping_readers, 0); }
 
     /// A reader's position as stored in its table entry (only that reader writes it; a reader
     /// compares it with its own copy to notice anyone else writing it).

@@ -102,6 +102,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         (void)view.label(r);
         (void)view.take_sleeping(r);
     }
+    (void)view.any_sleeping();
+    view.clear_sleeping_count();
     view.drop_oldest(view.shape().max_message_size, ec);
     if (view.fits(4)) {
         const std::byte text[4] = {};
