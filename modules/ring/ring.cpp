@@ -494,16 +494,37 @@ view::unlocked_read view::read_unlocked(std::size_t slot, std::vector<message>& 
     if (head % 8 != 0 || tail % 8 != 0 || cursor % 8 != 0 || cursor < tail || cursor > head ||
         head - cursor > layout_.capacity)
         return unlocked_read::need_lock; // lapped, or something to sort out under the lock
-    const std::uint64_t start = cursor;
-    const std::size_t first = out.size();
     const std::size_t base = ring_offset();
+    const std::size_t first = out.size();
+    // The cursor is published per chunk of a quarter of the ring (once for small messages):
+    // a writer waiting for room reuses what was copied while the rest is still being copied.
+    const std::uint64_t chunk = std::max<std::uint64_t>(layout_.capacity / 4, 8);
+    std::uint64_t start = cursor;
+    std::size_t chunk_first = first;
+    // If a writer dropped records we were copying, it moved tail past the chunk's start before
+    // reusing their space: then what we copied may be torn, and the locked path sorts it out.
+    // Otherwise the chunk is ours: publish the cursor past it.
+    const auto publish = [&] {
+        detail::crash_here(detail::crash_point::ring_unlocked_copied);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(reinterpret_cast<const std::uint64_t*>(segment_.data() + offsets::tail),
+                            __ATOMIC_RELAXED) > start) {
+            out.resize(chunk_first);
+            return false;
+        }
+        store64(e + offsets::cursor_seq, seq);
+        store64_release(e + offsets::cursor, cursor);
+        start = cursor;
+        chunk_first = out.size();
+        return true;
+    };
     // Bounded: each record advances the cursor by >= 8 bytes and head - cursor <= capacity.
     while (cursor < head && out.size() - first < max_messages) {
         std::uint64_t size = 0;
         bool is_message = false;
         if (!parse(cursor, head, seq, size, is_message)) {
-            out.resize(first);
-            return unlocked_read::need_lock;
+            out.resize(chunk_first);
+            return chunk_first > first ? unlocked_read::taken : unlocked_read::need_lock;
         }
         if (is_message) {
             const std::uint64_t offset = cursor % layout_.capacity;
@@ -517,18 +538,11 @@ view::unlocked_read view::read_unlocked(std::size_t slot, std::vector<message>& 
             ++seq;
         }
         cursor += size;
+        if (cursor - start >= chunk && cursor < head && !publish())
+            return chunk_first > first ? unlocked_read::taken : unlocked_read::need_lock;
     }
-    detail::crash_here(detail::crash_point::ring_unlocked_copied);
-    // If a writer dropped records we were copying, it moved tail past our start before reusing
-    // their space: then what we copied may be torn, and the locked path sorts it out.
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    if (__atomic_load_n(reinterpret_cast<const std::uint64_t*>(segment_.data() + offsets::tail),
-                        __ATOMIC_RELAXED) > start) {
-        out.resize(first);
-        return unlocked_read::need_lock;
-    }
-    store64(e + offsets::cursor_seq, seq);
-    store64_release(e + offsets::cursor, cursor);
+    if (!publish())
+        return chunk_first > first ? unlocked_read::taken : unlocked_read::need_lock;
     return unlocked_read::taken;
 }
 

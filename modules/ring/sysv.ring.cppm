@@ -202,10 +202,13 @@ public:
     void read(std::size_t slot, std::vector<message>& out, std::uint64_t& missed,
               std::size_t max_messages, error_code& ec);
     /// The reader's fast path, without the lock: copies the records between its cursor and
-    /// head, then advances its cursor. Safe because writers never reuse ring space at or after
-    /// a live reader's cursor, except when they drop messages for a reader that did not keep
-    /// up: then (or on anything unexpected) nothing is taken and the result is need_lock, and
-    /// the caller reads under the lock with read(), which reports what was missed.
+    /// head, then advances its cursor (after each quarter of the ring copied, so that a writer
+    /// waiting for room goes on while large messages are still being copied; at the end for
+    /// small ones). Safe because writers never reuse ring space at or after a live reader's
+    /// cursor, except when they drop messages for a reader that did not keep up: then (or on
+    /// anything unexpected) nothing more is taken (taken if an earlier part was, else
+    /// need_lock), and the caller's next read goes under the lock with read(), which reports
+    /// what was missed.
     enum class unlocked_read { taken, empty, need_lock };
     unlocked_read read_unlocked(std::size_t slot, std::vector<message>& out,
                                 std::size_t max_messages);
