@@ -517,6 +517,14 @@ int leftover_objects() {
 } // namespace
 
 int main(int argc, char** argv) {
+    // The readers of the throughput rows allocate a buffer per message (a channel_message, a
+    // std::vector per frame or queue message) and free it soon after. With glibc's defaults a
+    // run of 64 KiB buffers makes the heap top shrink (trim) and grow back with fresh page
+    // faults, and the mmap threshold moves as it goes: the 64 KiB rows then measured malloc,
+    // at a third of their rate, in runs that differed 5x. Fixed thresholds keep the heap's
+    // pages; every row gets the same allocator.
+    ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    ::mallopt(M_TRIM_THRESHOLD, 256 << 20);
     bench::options opt;
     std::vector<std::string> sections;
     bool list = false;
