@@ -508,7 +508,7 @@ void run_channel_section(bench::context& ctx) {
     };
     const std::vector<size_row> sizes{{64, opt.rounds_or(200000, 20000)},
                                       {4096, opt.rounds_or(50000, 5000)},
-                                      {65536, opt.rounds_or(5000, 500)}};
+                                      {65536, opt.rounds_or(20000, 500)}};
     // The first row is the baseline of the "ratio to socket" column, the second that of the
     // "ratio to message_queue" column.
     const std::vector<transport> transports{

@@ -28,8 +28,11 @@ module sysv.channel;
 namespace sysv::detail {
 
 namespace {
-/// The most messages one receive takes from the ring at a time.
-constexpr std::size_t max_batch = 4096;
+/// The most messages one receive takes from the ring at a time (and so the most one
+/// async_receive_batch completes with). Measured with 64-byte messages: 256 moves 1.3-1.4x
+/// as many per second as 4096 or 512 (what a batch allocates stays in the caches; 128 is
+/// between).
+constexpr std::size_t max_batch = 256;
 /// PID_MAX_LIMIT on 64-bit Linux: a lock word naming a larger pid was written by something
 /// else than a member.
 constexpr pid_t max_pid = 4194304;

@@ -404,8 +404,8 @@ public:
             initiate_receive<false>{this}, token);
     }
 
-    /// Receives every message available now (at least one; waits like async_receive when
-    /// there is none): one completion for a whole batch. Completion:
+    /// Receives every message available now, up to 256 (at least one; waits like
+    /// async_receive when there is none): one completion for a whole batch. Completion:
     /// `void(error_code, std::vector<channel_message>)`; errc::messages_missed comes alone,
     /// as one message with `missed` set.
     template <boost::asio::completion_token_for<void(error_code, std::vector<channel_message>)>
