@@ -264,11 +264,28 @@ BOOST_AUTO_TEST_CASE(foreign_and_truncated_segments_are_refused) {
     BOOST_TEST((ec == sysv::errc::corrupt_segment));
     ring::view::open(std::span(memory).first(64), ec);
     BOOST_TEST((ec == sysv::errc::corrupt_segment));
+    // A member that knows its layout: the stored one must be exactly it.
+    const auto known = ring::view::open(memory, small_layout(), ec);
+    BOOST_TEST(!ec);
+    BOOST_TEST(known.shape().max_readers == small_layout().max_readers); // (clang 16 emits a
+    BOOST_TEST(known.shape().capacity == small_layout().capacity);       // defaulted == per unit)
+    auto other = small_layout();
+    other.max_readers = 3; // also fits in the segment: still another layout
+    ring::view::open(memory, other, ec);
+    BOOST_TEST((ec == sysv::errc::corrupt_segment));
+    ring::view::open(std::span(memory).first(memory.size() - 8), small_layout(), ec);
+    BOOST_TEST((ec == sysv::errc::corrupt_segment));
     // Capacity rewritten to something huge.
     const std::uint64_t huge = std::uint64_t(1) << 60;
     std::memcpy(memory.data() + ring::offsets::capacity, &huge, 8);
     ring::view::open(memory, ec);
     BOOST_TEST((ec == sysv::errc::corrupt_segment));
+    ring::view::open(memory, small_layout(), ec);
+    BOOST_TEST((ec == sysv::errc::corrupt_segment));
+    // Another magic.
+    std::memset(memory.data(), 0x5a, 8);
+    ring::view::open(memory, small_layout(), ec);
+    BOOST_TEST((ec == sysv::errc::foreign_object));
 }
 
 BOOST_AUTO_TEST_CASE(malformed_records_and_cursors_give_clear_errors) {

@@ -266,8 +266,8 @@ error_code channel_state::room_error(error_code ec) {
 // count, message limit, capacity) and the same owning set. Anything else is
 // errc::corrupt_segment: another process rewrote the header.
 ring::view channel_state::open_view(error_code& ec) {
-    auto v = ring::view::open(memory_.bytes(), ec);
-    if (ec || !(v.shape() == options_.shape) || v.owner() != owner_)
+    auto v = ring::view::open(memory_.bytes(), options_.shape, ec); // validated when opened
+    if (ec || v.owner() != owner_)
         ec = make_error_code(errc::corrupt_segment);
     return v;
 }

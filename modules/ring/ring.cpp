@@ -104,6 +104,31 @@ view view::open(std::span<std::byte> segment, error_code& ec) noexcept {
     return view(segment, l);
 }
 
+view view::open(std::span<std::byte> segment, const layout& expected, error_code& ec) noexcept {
+    ec.clear();
+    if (segment.size() < offsets::header_size || segment.size() < segment_size(expected)) {
+        ec = make_error_code(errc::corrupt_segment);
+        return view(segment, layout{});
+    }
+    const std::span<const std::byte> s = segment;
+    if (get<std::uint64_t>(s, offsets::magic) != magic ||
+        get<std::uint32_t>(s, offsets::version) != version) {
+        ec = make_error_code(errc::foreign_object);
+        return view(segment, layout{});
+    }
+    const layout stored{get<std::uint32_t>(s, offsets::max_readers),
+                        get<std::uint32_t>(s, offsets::max_message_size),
+                        get<std::uint64_t>(s, offsets::capacity)};
+    // Field by field: clang 16 emits the defaulted operator== in every unit that uses it.
+    if (stored.max_readers != expected.max_readers ||
+        stored.max_message_size != expected.max_message_size ||
+        stored.capacity != expected.capacity) {
+        ec = make_error_code(errc::corrupt_segment);
+        return view(segment, layout{});
+    }
+    return view(segment, expected);
+}
+
 std::uint64_t view::load64(std::size_t offset) const noexcept {
     return get<std::uint64_t>(segment_, offset);
 }

@@ -150,6 +150,10 @@ public:
     /// Checks magic, version and that the stored layout matches the segment size: errc::
     /// corrupt_segment (or foreign_object when the magic is not ours) otherwise.
     static view open(std::span<std::byte> segment, error_code& ec) noexcept;
+    /// open() for a member that validated its layout once (validate(), and a segment of at
+    /// least segment_size()): the stored layout must equal `expected` (errc::corrupt_segment
+    /// otherwise), which spares validating it again on every operation.
+    static view open(std::span<std::byte> segment, const layout& expected, error_code& ec) noexcept;
 
     const layout& shape() const noexcept { return layout_; }
     /// The tag written by initialise().
