@@ -49,6 +49,7 @@ scenario scenario_of(crash_point point) {
     case crash_point::channel_receive_locked:
     case crash_point::channel_receive_read:
     case crash_point::ring_unlocked_copied:
+    case crash_point::ring_sleeper_counted:
     case crash_point::channel_reap_locked:
     case crash_point::channel_leave_locked:
     case crash_point::channel_leave_entry_cleared:

@@ -246,6 +246,8 @@ std::string_view crash_point_name(crash_point point) noexcept {
         return "channel_receive_read";
     case crash_point::ring_unlocked_copied:
         return "ring_unlocked_copied";
+    case crash_point::ring_sleeper_counted:
+        return "ring_sleeper_counted";
     case crash_point::channel_reap_locked:
         return "channel_reap_locked";
     case crash_point::channel_leave_locked:

@@ -305,8 +305,7 @@ private:
 using attachment = basic_attachment<std::byte>;
 using read_only_attachment = basic_attachment<const std::byte>;
 
-/// A handle to a shared memory segment (shmget). Move-only; destruction does not remove the
-/// segment.
+/// A handle to a shared memory segment (shmget). Move-only; destruction does not remove it.
 class shared_memory {
 public:
     /// Creates a new segment (IPC_CREAT | IPC_EXCL); an existing object at the key is an error
@@ -800,6 +799,7 @@ enum class crash_point : unsigned char {
     channel_receive_locked,      ///< receive: lock taken, nothing read
     channel_receive_read,        ///< receive: cursor moved past what was read, lock held
     ring_unlocked_copied,        ///< receive without the lock: records copied, cursor not moved
+    ring_sleeper_counted,        ///< receive: sleeping readers' count raised, own flag not set
     channel_reap_locked,         ///< reap_lost: lock taken, dead entries not cleared
     channel_leave_locked,        ///< leave: lock taken, table entry not cleared
     channel_leave_entry_cleared, ///< leave: entry cleared, slot and member count not released

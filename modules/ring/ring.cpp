@@ -424,8 +424,10 @@ void view::set_sleeping(std::size_t slot, bool sleeping) noexcept {
         return;
     const bool was = load32(entry(slot) + offsets::sleeping) != 0;
     const std::uint32_t count = load32(offsets::sleeping_readers);
-    if (sleeping && !was)
+    if (sleeping && !was) {
         store32(offsets::sleeping_readers, count == UINT32_MAX ? count : count + 1);
+        detail::crash_here(detail::crash_point::ring_sleeper_counted);
+    }
     store32(entry(slot) + offsets::sleeping, sleeping ? 1 : 0);
     if (!sleeping && was && count != 0)
         store32(offsets::sleeping_readers, count - 1);
