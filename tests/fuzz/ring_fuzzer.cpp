@@ -79,8 +79,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (lock.unlock(me) != ring::lock_word::unlock_result::released_wake_sleepers ||
         lock.holder() != 0)
         __builtin_trap();
+    // A member that knows the layout accepts the segment only as open() would, with that shape.
+    sysv::error_code known_error;
+    const auto known = ring::view::open(memory, shape, known_error);
     // Everything a participant does with the lock held.
     auto view = ring::view::open(memory, ec);
+    if (!known_error && (ec || known.shape().max_readers != view.shape().max_readers ||
+                         known.shape().max_message_size != view.shape().max_message_size ||
+                         known.shape().capacity != view.shape().capacity))
+        __builtin_trap();
     if (ec)
         return 0; // refused: that is a valid outcome
     (void)view.pid_namespace();
