@@ -81,22 +81,26 @@ bool is_blank(std::span<const std::byte> segment) noexcept {
                            __ATOMIC_ACQUIRE) == 0;
 }
 
-view view::open(std::span<std::byte> segment, error_code& ec) noexcept {
-    ec.clear();
-    layout l;
-    if (segment.size() < offsets::header_size) {
-        ec = make_error_code(errc::corrupt_segment);
-        return view(segment, l);
-    }
-    const std::span<const std::byte> s = segment;
+namespace {
+// The header's identity and the layout it stores: errc::corrupt_segment for a segment shorter
+// than a header, errc::foreign_object for another magic or version.
+error_code read_layout(std::span<const std::byte> s, layout& stored) noexcept {
+    if (s.size() < offsets::header_size)
+        return make_error_code(errc::corrupt_segment);
     if (get<std::uint64_t>(s, offsets::magic) != magic ||
-        get<std::uint32_t>(s, offsets::version) != version) {
-        ec = make_error_code(errc::foreign_object);
-        return view(segment, l);
-    }
-    l.max_readers = get<std::uint32_t>(s, offsets::max_readers);
-    l.max_message_size = get<std::uint32_t>(s, offsets::max_message_size);
-    l.capacity = get<std::uint64_t>(s, offsets::capacity);
+        get<std::uint32_t>(s, offsets::version) != version)
+        return make_error_code(errc::foreign_object);
+    stored.max_readers = get<std::uint32_t>(s, offsets::max_readers);
+    stored.max_message_size = get<std::uint32_t>(s, offsets::max_message_size);
+    stored.capacity = get<std::uint64_t>(s, offsets::capacity);
+    return {};
+}
+} // namespace
+
+view view::open(std::span<std::byte> segment, error_code& ec) noexcept {
+    layout l;
+    if ((ec = read_layout(segment, l)))
+        return view(segment, layout{});
     if (validate(l) || segment_size(l) > segment.size()) {
         ec = make_error_code(errc::corrupt_segment);
         return view(segment, layout{});
@@ -105,20 +109,13 @@ view view::open(std::span<std::byte> segment, error_code& ec) noexcept {
 }
 
 view view::open(std::span<std::byte> segment, const layout& expected, error_code& ec) noexcept {
-    ec.clear();
-    if (segment.size() < offsets::header_size || segment.size() < segment_size(expected)) {
+    layout stored;
+    if (segment.size() < segment_size(expected)) {
         ec = make_error_code(errc::corrupt_segment);
         return view(segment, layout{});
     }
-    const std::span<const std::byte> s = segment;
-    if (get<std::uint64_t>(s, offsets::magic) != magic ||
-        get<std::uint32_t>(s, offsets::version) != version) {
-        ec = make_error_code(errc::foreign_object);
+    if ((ec = read_layout(segment, stored)))
         return view(segment, layout{});
-    }
-    const layout stored{get<std::uint32_t>(s, offsets::max_readers),
-                        get<std::uint32_t>(s, offsets::max_message_size),
-                        get<std::uint64_t>(s, offsets::capacity)};
     // Field by field: clang 16 emits the defaulted operator== in every unit that uses it.
     if (stored.max_readers != expected.max_readers ||
         stored.max_message_size != expected.max_message_size ||
@@ -535,24 +532,25 @@ view::unlocked_read view::read_unlocked(std::size_t slot, std::vector<message>& 
         detail::crash_here(detail::crash_point::ring_unlocked_copied);
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         if (__atomic_load_n(reinterpret_cast<const std::uint64_t*>(segment_.data() + offsets::tail),
-                            __ATOMIC_RELAXED) > start) {
-            out.resize(chunk_first);
+                            __ATOMIC_RELAXED) > start)
             return false;
-        }
         store64(e + offsets::cursor_seq, seq);
         store64_release(e + offsets::cursor, cursor);
         start = cursor;
         chunk_first = out.size();
         return true;
     };
+    // Stopped short: what earlier chunks published is taken; the rest is for the locked path.
+    const auto stopped = [&] {
+        out.resize(chunk_first);
+        return chunk_first > first ? unlocked_read::taken : unlocked_read::need_lock;
+    };
     // Bounded: each record advances the cursor by >= 8 bytes and head - cursor <= capacity.
     while (cursor < head && out.size() - first < max_messages) {
         std::uint64_t size = 0;
         bool is_message = false;
-        if (!parse(cursor, head, seq, size, is_message)) {
-            out.resize(chunk_first);
-            return chunk_first > first ? unlocked_read::taken : unlocked_read::need_lock;
-        }
+        if (!parse(cursor, head, seq, size, is_message))
+            return stopped();
         if (is_message) {
             const std::uint64_t offset = cursor % layout_.capacity;
             const std::uint32_t length = load32(base + offset);
@@ -566,11 +564,9 @@ view::unlocked_read view::read_unlocked(std::size_t slot, std::vector<message>& 
         }
         cursor += size;
         if (cursor - start >= chunk && cursor < head && !publish())
-            return chunk_first > first ? unlocked_read::taken : unlocked_read::need_lock;
+            return stopped();
     }
-    if (!publish())
-        return chunk_first > first ? unlocked_read::taken : unlocked_read::need_lock;
-    return unlocked_read::taken;
+    return publish() ? unlocked_read::taken : stopped();
 }
 
 } // namespace sysv::ring
