@@ -7,7 +7,12 @@
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 
+#include <linux/io_uring.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 
 import sysv.async;
@@ -64,6 +69,46 @@ sysv_test::child release_later(int id, std::size_t sem, std::chrono::millisecond
         sysv::semaphore_set::open_id(id).apply(sysv::op::release(sem));
         return 0;
     });
+}
+
+/// This process's descriptors that are `kind` ("anon_inode:[io_uring]", "anon_inode:[eventfd]").
+std::vector<int> own_descriptors(const std::string& kind) {
+    std::vector<int> fds;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+        std::error_code ec;
+        if (std::filesystem::read_symlink(entry.path(), ec) == kind && !ec)
+            fds.push_back(std::stoi(entry.path().filename().string()));
+    }
+    return fds;
+}
+
+/// Leaves every io_uring of this process flagged as holding completions to run
+/// (IORING_SQ_TASKRUN) while it holds none, and signals every eventfd of the process as a ring
+/// does when it has completions: the state the kernel can leave a ring in when a futex wake is
+/// queued while its issuer is already running the queued ones (the flag stays set, the run
+/// takes the wake). Returns how many rings were flagged.
+int flag_own_rings_with_nothing_to_run() {
+    io_uring_params p{};
+    const int probe = static_cast<int>(::syscall(__NR_io_uring_setup, 1, &p));
+    if (probe < 0)
+        return 0;
+    ::close(probe); // only its layout was wanted: the flags' offset is the same for every ring
+    int flagged = 0;
+    for (const int fd : own_descriptors("anon_inode:[io_uring]")) {
+        void* rings =
+            ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, IORING_OFF_SQ_RING);
+        if (rings == MAP_FAILED)
+            continue;
+        __atomic_or_fetch(reinterpret_cast<unsigned*>(static_cast<char*>(rings) + p.sq_off.flags),
+                          IORING_SQ_TASKRUN, __ATOMIC_SEQ_CST);
+        ::munmap(rings, 4096);
+        ++flagged;
+    }
+    for (const int fd : own_descriptors("anon_inode:[eventfd]")) {
+        const std::uint64_t one = 1; // the context's own eventfd only wakes its reactor
+        (void)!::write(fd, &one, sizeof one);
+    }
+    return flagged;
 }
 
 int run_until_done(asio::io_context& io, std::chrono::seconds limit = 30s) {
@@ -256,6 +301,43 @@ BOOST_AUTO_TEST_CASE(no_wake_is_lost_when_releases_race_the_sleepers) {
         in_mode(mode, player(0, 1, true), 180s);
         BOOST_TEST(pong.wait_for(60s).exited_with(0), "mode " << mode);
     }
+}
+
+BOOST_AUTO_TEST_CASE(a_ring_flagged_as_having_work_with_none_left_does_not_stall_the_context) {
+    // The kernel may leave IORING_SQ_TASKRUN set on the ring with nothing to run (a futex wake
+    // queued while this thread already runs the queued ones). The watcher once ran the ring
+    // until the flag cleared: a run with nothing to do never clears it, so the handler spun
+    // forever and the context with it (seen as a hung contended mutex, about one run in ten).
+    if (best_mode() != sysv::wake_mode::io_uring) {
+        BOOST_TEST_MESSAGE("no io_uring doorbells on this machine: nothing to check");
+        return;
+    }
+    sysv_test::ipc_guard guard;
+    auto raw = sysv::semaphore_set::create(sysv::key::private_key(), {0});
+    guard.semaphores(raw);
+    const int id = raw.id();
+    in_mode(
+        "io_uring",
+        [id] {
+            asio::io_context io;
+            sysv::async_semaphore_set set(io, sysv::semaphore_set::open_id(id), doorbell_only());
+            int woken = 0;
+            for (int round = 1; round <= 3; ++round) {
+                set.async_acquire(0, [&](error_code ec) { woken += !ec; });
+                io.run_for(50ms); // the wait polls once, then sleeps on its doorbell
+                SYSV_CHILD_CHECK(woken == round - 1);
+                SYSV_CHILD_CHECK(flag_own_rings_with_nothing_to_run() >= 1);
+                io.run_for(50ms); // the watcher reaps the ring, which has nothing to run
+                sysv_test::child releaser = release_later(id, 0, 20ms);
+                const auto deadline = std::chrono::steady_clock::now() + 20s;
+                while (woken < round && std::chrono::steady_clock::now() < deadline)
+                    io.run_one_for(100ms);
+                SYSV_CHILD_CHECK(releaser.wait().exited_with(0));
+                SYSV_CHILD_CHECK(woken == round);
+            }
+            return 0;
+        },
+        40s);
 }
 
 BOOST_AUTO_TEST_CASE(cancellation_and_deadlines_of_sleeping_waits_leave_nothing_armed) {

@@ -123,7 +123,6 @@ public:
         }
         auto* sq = static_cast<char*>(sq_ptr_);
         sq_head_ = reinterpret_cast<unsigned*>(sq + p.sq_off.head);
-        sq_flags_ = reinterpret_cast<unsigned*>(sq + p.sq_off.flags);
         sq_tail_ = reinterpret_cast<unsigned*>(sq + p.sq_off.tail);
         sq_mask_ = *reinterpret_cast<unsigned*>(sq + p.sq_off.ring_mask);
         sq_array_ = reinterpret_cast<unsigned*>(sq + p.sq_off.array);
@@ -178,16 +177,14 @@ public:
     }
 
     /// Runs the completions a ring with IORING_SETUP_DEFER_TASKRUN holds back (from its issuer
-    /// thread only), so that reap() sees them.
-    void run_deferred() {
+    /// thread only), so that reap() sees them. Returns whether it posted any (the completion
+    /// queue's tail moved): the one sure sign that there was something to run.
+    bool run_deferred() {
+        const unsigned before = __atomic_load_n(cq_tail_, __ATOMIC_ACQUIRE);
         while (::syscall(__NR_io_uring_enter, fd_, 0, 0, IORING_ENTER_GETEVENTS, nullptr, 0) < 0 &&
                errno == EINTR) {
         }
-    }
-
-    /// Whether completions are held back to run (IORING_SETUP_TASKRUN_FLAG).
-    bool has_deferred() const noexcept {
-        return (__atomic_load_n(sq_flags_, __ATOMIC_ACQUIRE) & IORING_SQ_TASKRUN) != 0;
+        return __atomic_load_n(cq_tail_, __ATOMIC_ACQUIRE) != before;
     }
 
     unsigned free_entries() const {
@@ -245,7 +242,6 @@ private:
     std::size_t sq_size_ = 0, cq_size_ = 0, sqes_size_ = 0;
     io_uring_sqe* sqes_ = nullptr;
     unsigned* sq_head_ = nullptr;
-    unsigned* sq_flags_ = nullptr;
     unsigned* sq_tail_ = nullptr;
     unsigned* sq_array_ = nullptr;
     unsigned sq_mask_ = 0, sq_entries_ = 0, local_tail_ = 0;
@@ -288,7 +284,7 @@ public:
         std::string deferred_why;
         if (open_ring(st,
                       IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
-                          IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_R_DISABLED,
+                          IORING_SETUP_R_DISABLED,
                       deferred_why)) {
             st.deferred = true;
         } else if (!open_ring(st, 0, why)) { // before Linux 6.1: a ring that runs its completions
@@ -442,15 +438,18 @@ private:
     /// Consumes the eventfd's count and the ring's completions. The eventfd first: a
     /// completion that becomes ready after its read signals it again. A deferred ring's
     /// completions are run here (the issuer's io_uring_enter), which signals the eventfd for
-    /// what they post: that count is read too, unless more became ready meanwhile.
+    /// what they post: that count is read too, and since the read may also have taken the
+    /// signal of a completion that became ready after the run, the ring is run again, until a
+    /// run posts nothing. Whatever becomes ready after that last run signals the eventfd after
+    /// the last read. (IORING_SQ_TASKRUN cannot end this loop: the kernel can leave it set
+    /// with nothing to run, when a completion that set it was taken by a run already under
+    /// way, and a run with nothing to do does not clear it; looping on it spun forever.)
     static void reap_locked(state& st) {
         std::uint64_t count = 0;
         (void)!::read(st.event_fd, &count, sizeof count);
         if (st.deferred && st.enabled)
-            do {
-                st.queue->run_deferred();
+            while (st.queue->run_deferred())
                 (void)!::read(st.event_fd, &count, sizeof count);
-            } while (st.queue->has_deferred());
         st.queue->reap([&](const io_uring_cqe& cqe) {
             if (cqe.user_data != st.generation)
                 return; // a cancelled generation, or a cancel request's own completion
