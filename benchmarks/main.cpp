@@ -221,6 +221,22 @@ void write_stderr(const char* text) noexcept {
     const auto ignored = ::write(STDERR_FILENO, text, std::strlen(text));
     (void)ignored;
 }
+// Async-signal-safe decimal output.
+void write_stderr_number(long value) noexcept {
+    char digits[24];
+    char* p = digits + sizeof digits;
+    *--p = '\0';
+    const bool negative = value < 0;
+    unsigned long v =
+        negative ? 0UL - static_cast<unsigned long>(value) : static_cast<unsigned long>(value);
+    do {
+        *--p = static_cast<char>('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    if (negative)
+        *--p = '-';
+    write_stderr(p);
+}
 
 extern "C" void cleanup_and_exit(int signal) {
     for (auto& s : tracked_sets)
@@ -258,7 +274,20 @@ extern "C" void on_child_exit(int) {
         siginfo_t info{};
         if (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
             info.si_pid == pid && !(info.si_code == CLD_EXITED && info.si_status == 0)) {
-            write_stderr("sysv_bench: a peer process died or failed\n");
+            write_stderr("sysv_bench: peer process ");
+            write_stderr_number(pid);
+            if (info.si_code == CLD_EXITED) {
+                write_stderr(" exited with ");
+            } else {
+                write_stderr(info.si_code == CLD_DUMPED ? " dumped core on signal "
+                                                        : " was killed by signal ");
+            }
+            write_stderr_number(info.si_status);
+            if (const char* step = watchdog_step.load(); step != nullptr) {
+                write_stderr(" during: ");
+                write_stderr(step);
+            }
+            write_stderr("\n");
             cleanup_and_exit(SIGCHLD);
         }
     }
