@@ -72,7 +72,7 @@ BOOST_AUTO_TEST_CASE(layouts_are_validated) {
     BOOST_TEST((ring::validate(ring::layout{4, 64, 100}) == sysv::errc::invalid_argument));
     BOOST_TEST((ring::validate(ring::layout{4, 256, 512}) == sysv::errc::invalid_argument));
     BOOST_TEST((ring::validate(ring::layout{5000, 64, 512}) == sysv::errc::limit_exceeded));
-    BOOST_TEST(ring::segment_size(ring::layout{2, 64, 512}) == 128u + 2 * 96u + 512u);
+    BOOST_TEST(ring::segment_size(ring::layout{2, 64, 512}) == 192u + 2 * 96u + 512u);
 }
 
 BOOST_AUTO_TEST_CASE(every_reader_gets_every_message_in_order) {

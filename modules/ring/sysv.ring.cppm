@@ -38,7 +38,7 @@ export import sysv.core;
 export namespace sysv::ring {
 
 inline constexpr std::uint64_t magic = 0x314e484356535953ULL; // "SYSVCHN1"
-inline constexpr std::uint32_t version = 4;
+inline constexpr std::uint32_t version = 5;
 inline constexpr std::uint32_t wrap_marker = 0xFFFFFFFFu;
 inline constexpr std::size_t label_capacity = 48;
 inline constexpr std::size_t record_header_size = 16;
@@ -56,20 +56,25 @@ constexpr std::uint64_t record_size(std::uint64_t payload) noexcept {
     return (record_header_size + payload + 7) & ~std::uint64_t(7);
 }
 
-// Field offsets (the header is 128 bytes, a reader entry 96). The header's two cache lines are
-// split by who writes them, so that a message costs the reader one line of the header:
+// Field offsets (the header is 192 bytes, a reader entry 96). The header's three cache lines are
+// split by who reads and writes them, so that a message moves one line of the header between
+// the writer's core and the reader's:
 //   0..63    written at creation or rarely (shape, owner, repairs, waiting_writers): read by
 //            everyone on every operation, it stays in every core's cache;
-//   64..127  written by every send (the lock, the dirty marker, head, the sleeping readers'
-//            count): the one line of the header that moves to the reader with each message.
+//   64..127  the ring's positions (head, tail and their sequences): written by every send, read
+//            by every unlocked read, the one line that moves with each message;
+//   128..191 the writers' own (the lock, its sleepers' mark, the dirty marker, the sleeping
+//            readers' count, full_since): touched by every send, never by an awake reader's
+//            unlocked read, so a writer's lock, unlock and dirty marker stay in its core's
+//            cache instead of each pulling back the line the reader has just read.
 // Reader entries are written by their reader (its cursor) and, rarely, by the lock holder.
 namespace offsets {
 inline constexpr std::size_t magic = 0, version = 8, max_readers = 12, max_message_size = 16,
                              capacity = 24, owner = 32, pid_namespace = 40, repairs = 48,
                              waiting_writers = 56, head = 64, head_seq = 72, tail = 80,
-                             tail_seq = 88, dirty = 96, dirty_pid = 100, lock = 104,
-                             lock_sleepers = 112, sleeping_readers = 116, full_since = 120,
-                             header_size = 128;
+                             tail_seq = 88, lock = 128, dirty = 136, dirty_pid = 140,
+                             lock_sleepers = 144, sleeping_readers = 148, full_since = 152,
+                             header_size = 192;
 inline constexpr std::size_t cursor = 0, cursor_seq = 8, pid = 16, in_use = 20, sleeping = 24,
                              label = 32, entry_size = 96;
 } // namespace offsets
