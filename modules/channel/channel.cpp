@@ -550,16 +550,20 @@ channel_state::send_locked(std::span<const boost::asio::const_buffer> messages, 
     auto& wait_for_room = out.wait_for_room;
     for (; next < messages.size(); ++next) {
         const auto& m = messages[next];
-        if (!view.fits(m.size()) && !collected) {
+        bool fits = view.fits(m.size());
+        if (!fits && !collected) {
             // What every joined reader has read is free (no syscall): the table's cursors hold
             // back at least as much as the live readers' do.
             view.collect(joined_slots(view));
             collected = true;
+            fits = view.fits(m.size());
         }
-        // Still full: free also what dead readers hold.
-        if (!view.fits(m.size()) && !checked_liveness && !may_spin && !collect_live())
-            break;
-        if (view.fits(m.size())) {
+        if (!fits && !checked_liveness && !may_spin) { // still full: also what dead readers hold
+            if (!collect_live())
+                break;
+            fits = view.fits(m.size());
+        }
+        if (fits) {
             if (view.full_since() != 0)
                 view.set_full_since(0);
         } else {
