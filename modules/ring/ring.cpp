@@ -58,6 +58,42 @@ T get(std::span<const std::byte> s, std::size_t offset) noexcept {
     std::memcpy(&v, s.data() + offset, sizeof v);
     return v;
 }
+
+// Copies a message between the ring and a process's own memory. glibc (2.36 here) copies large
+// blocks with `rep movsb`, which AMD processors with FSRM run 10-20 times slower when the
+// destination's offset in its page is just above the source's ((dst - src) mod 4096 in 1..63,
+// glibc bug 30994): 2 GB/s instead of 35 for a 64 KiB copy on this project's test machines.
+// Records sit at 8-byte steps through the ring and a reader's buffers wherever malloc puts
+// them, so some large messages would hit it, and every one of them for a process whose buffers
+// keep that distance: such copies go through a plain 64-byte loop instead, as fast as the good
+// case of memcpy.
+bool slow_for_memcpy(const std::byte* dst, const std::byte* src, std::size_t n) noexcept {
+    const auto distance =
+        (reinterpret_cast<std::uintptr_t>(dst) - reinterpret_cast<std::uintptr_t>(src)) & 4095;
+    return n >= 1024 && distance != 0 && distance < 64;
+}
+void copy_bytes(std::byte* dst, const std::byte* src, std::size_t n) noexcept {
+    if (!slow_for_memcpy(dst, src, n)) {
+        std::memcpy(dst, src, n);
+        return;
+    }
+    std::size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        __builtin_memcpy_inline(dst + i, src + i, 64);
+        asm volatile("" ::: "memory"); // or the compiler turns the loop back into one memcpy
+    }
+    std::memcpy(dst + i, src + i, n - i);
+}
+// A message's bytes, copied out of the ring.
+void copy_out(std::vector<std::byte>& bytes, const std::byte* data, std::size_t n) {
+    bytes.reserve(n);
+    if (!slow_for_memcpy(bytes.data(), data, n)) {
+        bytes.assign(data, data + n);
+        return;
+    }
+    bytes.resize(n);
+    copy_bytes(bytes.data(), data, n);
+}
 } // namespace
 
 void initialise(std::span<std::byte> segment, const layout& l, std::uint64_t owner,
@@ -331,8 +367,8 @@ std::uint64_t view::append(std::span<const std::byte> payload, std::uint32_t sen
     store32(base + offset + 4, sender_pid);
     store64(base + offset + 8, seq);
     if (!payload.empty())
-        std::memcpy(segment_.data() + base + offset + record_header_size, payload.data(),
-                    payload.size());
+        copy_bytes(segment_.data() + base + offset + record_header_size, payload.data(),
+                   payload.size());
     detail::crash_here(detail::crash_point::ring_append_written);
     // Publish: readers see the record only once head moved past it (release: the record's
     // bytes are visible to a reader that loads head with acquire).
@@ -494,7 +530,7 @@ void view::read(std::size_t slot, std::vector<message>& out, std::uint64_t& miss
             m.sender_pid = load32(base + offset + 4);
             m.sequence = seq;
             const auto* data = segment_.data() + base + offset + record_header_size;
-            m.bytes.assign(data, data + length);
+            copy_out(m.bytes, data, length);
             out.push_back(std::move(m));
             ++seq;
         }
@@ -558,7 +594,7 @@ view::unlocked_read view::read_unlocked(std::size_t slot, std::vector<message>& 
             m.sender_pid = load32(base + offset + 4);
             m.sequence = seq;
             const auto* data = segment_.data() + base + offset + record_header_size;
-            m.bytes.assign(data, data + length);
+            copy_out(m.bytes, data, length);
             out.push_back(std::move(m));
             ++seq;
         }
