@@ -619,8 +619,9 @@ void run_channel_section(bench::context& ctx) {
         ctx.print("Channel throughput between two processes", t,
                   "Median of " + std::to_string(runs) +
                       " runs; the writer is a forked process, the reader copies every message "
-                      "out (a channel_message / a std::vector per socket frame or queue "
-                      "message); ratios = row / that row of the same run (median over runs). "
+                      "out (a channel_message, a std::vector per socket frame, one reused "
+                      "buffer for the queue); ratios = row / that row of the same run (median over "
+                      "runs). "
                       "The message_queue holds 256 KiB of messages (at least 4), like the "
                       "channel's ring. The ceiling row bounds any API with one posted "
                       "completion per message on an io_context: Asio 1.81's scheduler makes an "
