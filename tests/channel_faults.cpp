@@ -187,6 +187,34 @@ BOOST_AUTO_TEST_CASE(a_member_that_only_waits_notices_that_the_segment_was_remov
     BOOST_TEST(nothing_at(k));
 }
 
+BOOST_AUTO_TEST_CASE(a_send_whose_check_finds_the_segment_removed_fails_and_says_so) {
+    // With nobody else to tell it, a sender learns of an `ipcrm -m` from the check it makes
+    // every 100 ms. That send must fail with errc::removed: it once went on into the removed
+    // segment, reported success, and the next send said "not open".
+    sysv_test::ipc_guard guard;
+    const sysv::key k(guard.temp_key());
+    int set_id = -1;
+    const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
+        auto ch = sysv::channel::open_or_create(io.get_executor(), k, small_channel());
+        set_id = ch.semaphores().id();
+        guard.semaphore_id(set_id);
+        guard.memory_id(ch.segment().id());
+        const std::string before = "before";
+        co_await ch.async_send(asio::buffer(before), asio::use_awaitable);
+        ipcrm("-m " + std::to_string(ch.segment().id()));
+        asio::steady_timer pause(io);
+        pause.expires_after(150ms); // the next send's check is due
+        co_await pause.async_wait(asio::use_awaitable);
+        const std::string text = "into a removed room";
+        auto [ec] = co_await ch.async_send(asio::buffer(text), asio::as_tuple(asio::use_awaitable));
+        BOOST_TEST((ec == sysv::errc::removed), "the send completed with: " << ec.message());
+        co_return 0;
+    });
+    BOOST_TEST(rc == 0);
+    BOOST_TEST(!sysv_test::semaphore_set_exists(set_id)); // the set went with it
+    BOOST_TEST(nothing_at(k));
+}
+
 BOOST_AUTO_TEST_CASE(a_joiner_after_ipcrm_of_the_segment_never_pairs_it_with_the_old_set) {
     sysv_test::ipc_guard guard;
     const sysv::key k(guard.temp_key());

@@ -527,7 +527,10 @@ channel_state::send_locked(std::span<const boost::asio::const_buffer> messages, 
     send_outcome out;
     error_code& ec = out.ec;
     ec = check_objects_every(object_check_interval);
-    auto view = open_view(ec);
+    error_code view_error; // not into `ec`: a removal found by the check must not be lost
+    auto view = open_view(view_error);
+    if (!ec)
+        ec = view_error;
     if (ec) {
         error_code ignored;
         unlock(ignored);
