@@ -43,6 +43,11 @@ std::string describe(const layout& l) {
     return s;
 }
 
+bool operator==(const layout& a, const layout& b) noexcept {
+    return a.max_readers == b.max_readers && a.max_message_size == b.max_message_size &&
+           a.capacity == b.capacity;
+}
+
 std::uint64_t segment_size(const layout& l) noexcept {
     return offsets::header_size + std::uint64_t(l.max_readers) * offsets::entry_size + l.capacity;
 }
@@ -151,10 +156,7 @@ view view::open(std::span<std::byte> segment, const layout& expected, error_code
     }
     if ((ec = read_layout(segment, stored)))
         return view(segment, layout{});
-    // Field by field: clang 16 emits the defaulted operator== in every unit that uses it.
-    if (stored.max_readers != expected.max_readers ||
-        stored.max_message_size != expected.max_message_size ||
-        stored.capacity != expected.capacity) {
+    if (!(stored == expected)) {
         ec = make_error_code(errc::corrupt_segment);
         return view(segment, layout{});
     }

@@ -48,7 +48,9 @@ struct layout {
     std::uint32_t max_readers = 32;
     std::uint32_t max_message_size = 4096;
     std::uint64_t capacity = 256 * 1024; ///< ring bytes (a multiple of 8)
-    friend bool operator==(const layout&, const layout&) = default;
+    /// Defined in ring.cpp, not defaulted: clang 16 emits a defaulted operator== of a module's
+    /// type in every unit that uses it, a duplicate symbol for the linker.
+    friend bool operator==(const layout& a, const layout& b) noexcept;
 };
 
 /// Size of a record holding `payload` bytes.
