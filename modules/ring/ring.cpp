@@ -76,11 +76,7 @@ bool slow_for_memcpy(const std::byte* dst, const std::byte* src, std::size_t n) 
         (reinterpret_cast<std::uintptr_t>(dst) - reinterpret_cast<std::uintptr_t>(src)) & 4095;
     return n >= 1024 && distance != 0 && distance < 64;
 }
-void copy_bytes(std::byte* dst, const std::byte* src, std::size_t n) noexcept {
-    if (!slow_for_memcpy(dst, src, n)) {
-        std::memcpy(dst, src, n);
-        return;
-    }
+void copy_in_blocks(std::byte* dst, const std::byte* src, std::size_t n) noexcept {
     std::size_t i = 0;
     for (; i + 64 <= n; i += 64) {
         __builtin_memcpy_inline(dst + i, src + i, 64);
@@ -88,7 +84,13 @@ void copy_bytes(std::byte* dst, const std::byte* src, std::size_t n) noexcept {
     }
     std::memcpy(dst + i, src + i, n - i);
 }
-// A message's bytes, copied out of the ring.
+void copy_bytes(std::byte* dst, const std::byte* src, std::size_t n) noexcept {
+    if (slow_for_memcpy(dst, src, n))
+        copy_in_blocks(dst, src, n);
+    else
+        std::memcpy(dst, src, n);
+}
+// A message's bytes, copied out of the ring (reserved first: where they go decides the copy).
 void copy_out(std::vector<std::byte>& bytes, const std::byte* data, std::size_t n) {
     bytes.reserve(n);
     if (!slow_for_memcpy(bytes.data(), data, n)) {
@@ -96,7 +98,7 @@ void copy_out(std::vector<std::byte>& bytes, const std::byte* data, std::size_t 
         return;
     }
     bytes.resize(n);
-    copy_bytes(bytes.data(), data, n);
+    copy_in_blocks(bytes.data(), data, n);
 }
 } // namespace
 
