@@ -311,10 +311,7 @@ BOOST_AUTO_TEST_CASE(foreign_and_truncated_segments_are_refused) {
     // A member that knows its layout: the stored one must be exactly it.
     const auto known = ring::view::open(memory, small_layout(), ec);
     BOOST_TEST(!ec);
-    // Field by field: clang 16 emits a defaulted operator== in every unit that uses it.
-    BOOST_TEST(known.shape().max_readers == small_layout().max_readers);
-    BOOST_TEST(known.shape().max_message_size == small_layout().max_message_size);
-    BOOST_TEST(known.shape().capacity == small_layout().capacity);
+    BOOST_TEST((known.shape() == small_layout()));
     auto other = small_layout();
     other.max_readers = 3; // also fits in the segment: still another layout
     ring::view::open(memory, other, ec);
