@@ -2,6 +2,7 @@
 // dropping for slow readers, and malformed contents (the segment is untrusted input).
 #include "harness.hpp"
 
+#include <cstdint>
 #include <cstring>
 #include <random>
 #include <span>
@@ -229,6 +230,67 @@ BOOST_AUTO_TEST_CASE(readers_copy_without_the_lock_unless_they_were_lapped) {
     r.receive(1, &missed);
     // "one" and "two", freed while "slow" was not counted live, and the dropped ones.
     BOOST_TEST(missed == 2 + dropped);
+}
+
+BOOST_AUTO_TEST_CASE(a_batch_holds_its_messages_in_one_reused_buffer) {
+    test_ring r(small_layout());
+    r.view.join(0, 1, "reader");
+    ring::message_batch batch;
+    std::mt19937 random(5);
+    const std::byte* first_buffer = nullptr;
+    int sent = 0, received = 0;
+    for (int round = 0; round < 200; ++round) {
+        // A few messages of 0..64 bytes, read without the lock or with it, into the same batch.
+        const int n = 1 + static_cast<int>(random() % 6);
+        for (int i = 0; i < n; ++i, ++sent)
+            r.send(std::string(random() % 65, static_cast<char>('a' + sent % 26)),
+                   static_cast<std::uint32_t>(100 + sent));
+        batch.clear();
+        BOOST_REQUIRE(batch.empty());
+        if (round % 2 == 0) {
+            BOOST_REQUIRE(
+                (r.view.read_unlocked(0, batch, 100) == ring::view::unlocked_read::taken));
+        } else {
+            std::uint64_t missed = 0;
+            sysv::error_code ec;
+            r.view.read(0, batch, missed, 100, ec);
+            BOOST_REQUIRE(!ec);
+            BOOST_REQUIRE(missed == 0u);
+        }
+        BOOST_REQUIRE(batch.size() == static_cast<std::size_t>(n));
+        std::size_t i = 0;
+        for (const auto m : batch) { // iteration and indexing agree
+            BOOST_REQUIRE(m.bytes.data() == batch[i++].bytes.data());
+            BOOST_REQUIRE(reinterpret_cast<std::uintptr_t>(m.bytes.data()) % 16 == 0);
+            BOOST_REQUIRE(m.sequence == static_cast<std::uint64_t>(received));
+            BOOST_REQUIRE(m.sender_pid == static_cast<std::uint32_t>(100 + received));
+            BOOST_REQUIRE(m.text() ==
+                          std::string(m.bytes.size(), static_cast<char>('a' + received % 26)));
+            ++received;
+        }
+        // 6 records of at most 64 bytes fit the 4 KiB it starts with: it never grows again.
+        if (!batch[0].bytes.empty() && first_buffer == nullptr)
+            first_buffer = batch[0].bytes.data();
+        else if (!batch[0].bytes.empty())
+            BOOST_REQUIRE(batch[0].bytes.data() == first_buffer);
+    }
+    // truncate() keeps the first messages and appends after them; push_back copies.
+    batch.clear();
+    const std::string a = "first", b = "second", c = std::string(5000, 'c');
+    batch.push_back(std::as_bytes(std::span(a)), 1, 10);
+    batch.push_back(std::as_bytes(std::span(b)), 2, 11);
+    batch.truncate(1);
+    batch.push_back(std::as_bytes(std::span(c)), 3, 12); // grows past 4 KiB: moves what it holds
+    BOOST_REQUIRE(batch.size() == 2u);
+    BOOST_TEST(batch[0].text() == a);
+    BOOST_TEST(batch[1].text() == c);
+    BOOST_TEST(batch[1].sender_pid == 3u);
+    BOOST_TEST(batch[1].sequence == 12u);
+    BOOST_TEST(batch.missed() == 0u);
+    batch.set_missed(7);
+    batch.clear();
+    BOOST_TEST(batch.missed() == 0u);
+    BOOST_TEST(batch.empty());
 }
 
 BOOST_AUTO_TEST_CASE(an_interrupted_write_is_repaired_and_invisible) {

@@ -100,7 +100,53 @@ void copy_out(std::vector<std::byte>& bytes, const std::byte* data, std::size_t 
     bytes.resize(n);
     copy_in_blocks(bytes.data(), data, n);
 }
+
+// The two kinds of read output.
+void add_message(std::vector<message>& out, const std::byte* data, std::uint32_t length,
+                 std::uint32_t sender_pid, std::uint64_t sequence) {
+    message m;
+    m.sender_pid = sender_pid;
+    m.sequence = sequence;
+    copy_out(m.bytes, data, length);
+    out.push_back(std::move(m));
+}
+void add_message(message_batch& out, const std::byte* data, std::uint32_t length,
+                 std::uint32_t sender_pid, std::uint64_t sequence) {
+    out.push_back({data, length}, sender_pid, sequence);
+}
+void truncate_messages(std::vector<message>& out, std::size_t n) {
+    out.resize(n);
+}
+void truncate_messages(message_batch& out, std::size_t n) noexcept {
+    out.truncate(n);
+}
 } // namespace
+
+void message_batch::push_back(std::span<const std::byte> bytes, std::uint32_t sender_pid,
+                              std::uint64_t sequence) {
+    const std::size_t offset = (used_ + 15) & ~std::size_t(15);
+    if (offset + bytes.size() > capacity_) {
+        // Doubles (at least 4 KiB): a drain of many messages grows it a few times, then never.
+        const std::size_t capacity =
+            std::max({offset + bytes.size(), 2 * capacity_, std::size_t(4096)});
+        std::unique_ptr<std::byte[]> grown(new std::byte[capacity]);
+        if (used_ != 0)
+            std::memcpy(grown.get(), buffer_.get(), used_);
+        buffer_ = std::move(grown);
+        capacity_ = capacity;
+    }
+    entries_.push_back({offset, static_cast<std::uint32_t>(bytes.size()), sender_pid, sequence});
+    if (!bytes.empty())
+        copy_bytes(buffer_.get() + offset, bytes.data(), bytes.size());
+    used_ = offset + bytes.size();
+}
+
+void message_batch::truncate(std::size_t n) noexcept {
+    if (n >= entries_.size())
+        return;
+    entries_.resize(n);
+    used_ = n == 0 ? 0 : entries_.back().offset + entries_.back().size;
+}
 
 void initialise(std::span<std::byte> segment, const layout& l, std::uint64_t owner,
                 std::uint64_t pid_namespace) noexcept {
@@ -479,6 +525,16 @@ bool view::take_sleeping(std::size_t slot) noexcept {
 
 void view::read(std::size_t slot, std::vector<message>& out, std::uint64_t& missed,
                 std::size_t max_messages, error_code& ec) {
+    read_into(slot, out, missed, max_messages, ec);
+}
+void view::read(std::size_t slot, message_batch& out, std::uint64_t& missed,
+                std::size_t max_messages, error_code& ec) {
+    read_into(slot, out, missed, max_messages, ec);
+}
+
+template <class Out>
+void view::read_into(std::size_t slot, Out& out, std::uint64_t& missed, std::size_t max_messages,
+                     error_code& ec) {
     ec.clear();
     missed = 0;
     if (slot >= layout_.max_readers) {
@@ -528,13 +584,8 @@ void view::read(std::size_t slot, std::vector<message>& out, std::uint64_t& miss
         }
         if (is_message) {
             const std::uint64_t offset = cursor % layout_.capacity;
-            const std::uint32_t length = load32(base + offset);
-            message m;
-            m.sender_pid = load32(base + offset + 4);
-            m.sequence = seq;
-            const auto* data = segment_.data() + base + offset + record_header_size;
-            copy_out(m.bytes, data, length);
-            out.push_back(std::move(m));
+            add_message(out, segment_.data() + base + offset + record_header_size,
+                        load32(base + offset), load32(base + offset + 4), seq);
             ++seq;
         }
         cursor += size;
@@ -545,6 +596,15 @@ void view::read(std::size_t slot, std::vector<message>& out, std::uint64_t& miss
 
 view::unlocked_read view::read_unlocked(std::size_t slot, std::vector<message>& out,
                                         std::size_t max_messages) {
+    return read_unlocked_into(slot, out, max_messages);
+}
+view::unlocked_read view::read_unlocked(std::size_t slot, message_batch& out,
+                                        std::size_t max_messages) {
+    return read_unlocked_into(slot, out, max_messages);
+}
+
+template <class Out>
+view::unlocked_read view::read_unlocked_into(std::size_t slot, Out& out, std::size_t max_messages) {
     if (slot >= layout_.max_readers)
         return unlocked_read::need_lock;
     const std::size_t e = entry(slot);
@@ -581,7 +641,7 @@ view::unlocked_read view::read_unlocked(std::size_t slot, std::vector<message>& 
     };
     // Stopped short: what earlier chunks published is taken; the rest is for the locked path.
     const auto stopped = [&] {
-        out.resize(chunk_first);
+        truncate_messages(out, chunk_first);
         return chunk_first > first ? unlocked_read::taken : unlocked_read::need_lock;
     };
     // Bounded: each record advances the cursor by >= 8 bytes and head - cursor <= capacity.
@@ -592,13 +652,8 @@ view::unlocked_read view::read_unlocked(std::size_t slot, std::vector<message>& 
             return stopped();
         if (is_message) {
             const std::uint64_t offset = cursor % layout_.capacity;
-            const std::uint32_t length = load32(base + offset);
-            message m;
-            m.sender_pid = load32(base + offset + 4);
-            m.sequence = seq;
-            const auto* data = segment_.data() + base + offset + record_header_size;
-            copy_out(m.bytes, data, length);
-            out.push_back(std::move(m));
+            add_message(out, segment_.data() + base + offset + record_header_size,
+                        load32(base + offset), load32(base + offset + 4), seq);
             ++seq;
         }
         cursor += size;

@@ -26,6 +26,8 @@ module;
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -143,6 +145,87 @@ struct message {
     std::uint64_t sequence = 0;
 };
 
+/// Messages copied out of the ring into one buffer that is reused from fill to fill: once it
+/// has grown to what a read brings, reading allocates nothing (a std::vector<message> allocates
+/// one buffer per message). What view::read() and read_unlocked() can fill, and what
+/// sysv::channel's async_receive_batch(channel_batch&) does. Each message's bytes start at a
+/// multiple of 16 in the buffer (like malloc's), and stay valid until the batch is next filled,
+/// cleared or destroyed.
+class message_batch {
+public:
+    /// One message of the batch (a view: see above for how long it is valid).
+    struct message_view {
+        std::span<const std::byte> bytes;
+        std::uint32_t sender_pid = 0;
+        std::uint64_t sequence = 0;
+        std::string_view text() const noexcept {
+            return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+        }
+    };
+    class const_iterator {
+    public:
+        using value_type = message_view;
+        using difference_type = std::ptrdiff_t;
+        const_iterator() = default;
+        message_view operator*() const noexcept { return (*batch_)[index_]; }
+        const_iterator& operator++() noexcept {
+            ++index_;
+            return *this;
+        }
+        const_iterator operator++(int) noexcept {
+            auto old = *this;
+            ++index_;
+            return old;
+        }
+        friend bool operator==(const const_iterator& a, const const_iterator& b) noexcept {
+            return a.index_ == b.index_;
+        }
+
+    private:
+        friend class message_batch;
+        const_iterator(const message_batch* batch, std::size_t index) noexcept
+            : batch_(batch), index_(index) {}
+        const message_batch* batch_ = nullptr;
+        std::size_t index_ = 0;
+    };
+
+    std::size_t size() const noexcept { return entries_.size(); }
+    bool empty() const noexcept { return entries_.empty(); }
+    message_view operator[](std::size_t i) const noexcept {
+        const entry& e = entries_[i];
+        return {{buffer_.get() + e.offset, e.size}, e.sender_pid, e.sequence};
+    }
+    const_iterator begin() const noexcept { return {this, 0}; }
+    const_iterator end() const noexcept { return {this, entries_.size()}; }
+    /// How many messages were dropped before the reader read them, when a receive into this
+    /// batch completed with errc::messages_missed (the batch is then empty); else 0.
+    std::uint64_t missed() const noexcept { return missed_; }
+    void set_missed(std::uint64_t count) noexcept { missed_ = count; }
+    /// Empties the batch (and its missed count), keeping the buffer.
+    void clear() noexcept {
+        entries_.clear();
+        used_ = 0;
+        missed_ = 0;
+    }
+    /// Appends a copy of `bytes`.
+    void push_back(std::span<const std::byte> bytes, std::uint32_t sender_pid,
+                   std::uint64_t sequence);
+    /// Removes the messages after the first `n`.
+    void truncate(std::size_t n) noexcept;
+
+private:
+    struct entry {
+        std::size_t offset;
+        std::uint32_t size;
+        std::uint32_t sender_pid;
+        std::uint64_t sequence;
+    };
+    std::vector<entry> entries_;
+    std::unique_ptr<std::byte[]> buffer_;
+    std::size_t used_ = 0, capacity_ = 0;
+    std::uint64_t missed_ = 0;
+};
+
 /// A reader-table entry as seen by members().
 struct member {
     std::size_t slot;
@@ -212,6 +295,9 @@ public:
     /// reader recovers with the next message.
     void read(std::size_t slot, std::vector<message>& out, std::uint64_t& missed,
               std::size_t max_messages, error_code& ec);
+    /// read() into a batch (appended to what it holds).
+    void read(std::size_t slot, message_batch& out, std::uint64_t& missed, std::size_t max_messages,
+              error_code& ec);
     /// The reader's fast path, without the lock: copies the records between its cursor and
     /// head, then advances its cursor (after each quarter of the ring copied, so that a writer
     /// waiting for room goes on while large messages are still being copied; at the end for
@@ -223,6 +309,8 @@ public:
     enum class unlocked_read { taken, empty, need_lock };
     unlocked_read read_unlocked(std::size_t slot, std::vector<message>& out,
                                 std::size_t max_messages);
+    /// read_unlocked() into a batch (appended to what it holds).
+    unlocked_read read_unlocked(std::size_t slot, message_batch& out, std::size_t max_messages);
     /// Moves reader `slot` to head (after its position was found overwritten).
     void resync_reader(std::size_t slot) noexcept;
     /// Sets the "waiting for a doorbell" flag of a reader / takes it (returns the old value).
@@ -248,6 +336,12 @@ public:
 
 private:
     view(std::span<std::byte> segment, const layout& l) noexcept : segment_(segment), layout_(l) {}
+    // The reads for either kind of output (defined and instantiated in ring.cpp only).
+    template <class Out>
+    void read_into(std::size_t slot, Out& out, std::uint64_t& missed, std::size_t max_messages,
+                   error_code& ec);
+    template <class Out>
+    unlocked_read read_unlocked_into(std::size_t slot, Out& out, std::size_t max_messages);
 
     std::uint64_t load64(std::size_t offset) const noexcept;
     std::uint32_t load32(std::size_t offset) const noexcept;

@@ -3,6 +3,7 @@
 // the fuzzer gets past the header checks), then overwrites bytes of it anywhere, then runs
 // every operation a reader or writer performs under the channel's lock (and the lock word's
 // own). ASan and UBSan turn any out-of-bounds access or undefined behaviour into a crash.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -93,17 +94,42 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::vector<std::uint8_t> live(view.shape().max_readers, 1);
     view.collect(live);
     for (std::size_t r = 0; r < view.shape().max_readers + 1; ++r) {
+        // Each read also runs into a message_batch on a copy of the segment: same outcome, same
+        // messages, same writes to the segment.
+        std::vector<std::byte> twin(memory.begin(), memory.end());
+        sysv::error_code twin_ec;
+        auto twin_view = ring::view::open(twin, twin_ec);
+        if (twin_ec)
+            __builtin_trap();
+        const auto same = [&](const std::vector<ring::message>& out,
+                              const ring::message_batch& batch) {
+            if (out.size() != batch.size())
+                __builtin_trap();
+            for (std::size_t i = 0; i < out.size(); ++i) {
+                const auto b = batch[i];
+                if (out[i].bytes.size() > view.shape().max_message_size ||
+                    !std::equal(out[i].bytes.begin(), out[i].bytes.end(), b.bytes.begin(),
+                                b.bytes.end()) ||
+                    out[i].sender_pid != b.sender_pid || out[i].sequence != b.sequence ||
+                    reinterpret_cast<std::uintptr_t>(b.bytes.data()) % 16 != 0)
+                    __builtin_trap();
+            }
+            if (!std::equal(memory.begin(), memory.end(), twin.begin(), twin.end()))
+                __builtin_trap();
+        };
         std::vector<ring::message> out;
-        std::uint64_t missed = 0;
+        ring::message_batch batch;
+        std::uint64_t missed = 0, batch_missed = 0;
         view.read(r, out, missed, 64, ec);
-        for (const auto& m : out)
-            if (m.bytes.size() > view.shape().max_message_size)
-                __builtin_trap();
+        twin_view.read(r, batch, batch_missed, 64, twin_ec);
+        if (missed != batch_missed || ec != twin_ec)
+            __builtin_trap();
+        same(out, batch);
         std::vector<ring::message> fast;
-        (void)view.read_unlocked(r, fast, 64);
-        for (const auto& m : fast)
-            if (m.bytes.size() > view.shape().max_message_size)
-                __builtin_trap();
+        batch.clear();
+        if (view.read_unlocked(r, fast, 64) != twin_view.read_unlocked(r, batch, 64))
+            __builtin_trap();
+        same(fast, batch);
         (void)view.label(r);
         (void)view.take_sleeping(r);
     }
