@@ -652,21 +652,39 @@ error_code channel_state::send_error(std::span<const boost::asio::const_buffer> 
 
 // Receive --------------------------------------------------------------------------------------
 
+std::vector<int> channel_semaphores::initial_values() const {
+    std::vector<int> v(count(), 0);
+    v[lock] = 1;
+    for (std::size_t r = 0; r < readers; ++r)
+        v[slot(r)] = 1;
+    return v;
+}
+
 // A receive decided in its initiating function: messages (or a missed notice) are buffered, or
 // in the ring for this reader without the lock.
-bool channel_state::receive_now() {
+bool channel_state::receive_now(channel_batch* into) {
     return !closed_ && slot_ != no_slot &&
-           (has_buffered() || drain_without_lock() == drained::taken);
+           (has_buffered() || drain_without_lock(into) == drained::taken);
 }
 
 // The fast path (no syscall): messages between our cursor and head are ours to copy without the
 // lock. Not taken when writers wait for room (the locked path wakes them) or when anything
 // needs the lock's view (missed messages, a malformed ring).
-channel_state::drained channel_state::drain_without_lock() {
+channel_state::drained channel_state::drain_without_lock(channel_batch* into) {
     error_code ec;
     auto view = open_view(ec);
     if (ec || view.waiting_writers() > 0 || !cursor_is_ours(view))
         return drained::need_lock;
+    if (into != nullptr && !has_buffered()) { // straight into the caller's batch
+        const std::size_t before = into->size();
+        const auto read = view.read_unlocked(slot_, *into, max_batch);
+        if (read == ring::view::unlocked_read::need_lock)
+            return drained::need_lock;
+        if (read != ring::view::unlocked_read::taken || into->size() == before)
+            return drained::empty;
+        remember_cursor(view);
+        return drained::taken;
+    }
     auto& batch = unlocked_batch_;
     batch.clear();
     const auto read = view.read_unlocked(slot_, batch, max_batch);
@@ -684,12 +702,16 @@ channel_state::drained channel_state::drain_without_lock() {
 // With the lock: reads everything available into the inbox (or the missed count), wakes writers
 // waiting for room, and, when there was nothing, marks this reader asleep (writers then ring its
 // doorbell). Releases the lock.
-channel_state::receive_outcome channel_state::receive_locked() {
+channel_state::receive_outcome channel_state::receive_locked(channel_batch* into) {
     receive_outcome out;
     error_code& ec = out.ec;
     auto view = open_view(ec);
     std::vector<ring::message> batch;
     std::uint64_t missed = 0;
+    // A receive into a batch reads straight into it when nothing is buffered before.
+    if (into != nullptr && has_buffered())
+        into = nullptr;
+    const std::size_t into_before = into != nullptr ? into->size() : 0;
     crash_here(crash_point::channel_receive_locked);
     if (!ec && !cursor_is_ours(view)) {
         // Another process wrote this reader's position: report it, go on from head.
@@ -697,12 +719,16 @@ channel_state::receive_outcome channel_state::receive_locked() {
         view.resync_reader(slot_);
         remember_cursor(view);
     } else if (!ec) {
-        view.read(slot_, batch, missed, max_batch, ec);
+        if (into != nullptr)
+            view.read(slot_, *into, missed, max_batch, ec);
+        else
+            view.read(slot_, batch, missed, max_batch, ec);
         remember_cursor(view); // also after a resync to head (corrupt_segment)
         crash_here(crash_point::channel_receive_read);
     }
     std::vector<operation> extra;
-    const bool progressed = !batch.empty() || missed != 0;
+    const bool progressed =
+        !batch.empty() || missed != 0 || (into != nullptr && into->size() != into_before);
     if (view.waiting_writers() > 0) {
         // Wake the writers waiting for room (they re-check under the lock). Even when this pass
         // read nothing: this reader may have made the room earlier, on its lock-free path,
@@ -721,12 +747,23 @@ channel_state::receive_outcome channel_state::receive_locked() {
     if (!ec && out.sleep)
         ec = check_objects_every(object_check_interval);
     if (ec) {
+        if (into != nullptr) // what was read goes with the error, as into the inbox
+            into->truncate(into_before);
         ec = room_error(ec);
         return out;
     }
     pending_missed_ += missed;
     for (auto& m : batch)
         inbox_.push_back(std::move(m));
+    if (into != nullptr && missed != 0) {
+        // The missed notice completes this receive alone: what was read after the drop waits
+        // in the inbox for the next one.
+        for (std::size_t i = into_before; i < into->size(); ++i) {
+            const auto m = (*into)[i];
+            inbox_.push_back({{m.bytes.begin(), m.bytes.end()}, m.sender_pid, m.sequence});
+        }
+        into->truncate(into_before);
+    }
     return out;
 }
 
@@ -757,6 +794,21 @@ std::pair<error_code, std::vector<channel_message>> channel_state::take_all_buff
     while (!inbox_.empty())
         all.push_back(next_buffered().second);
     return {error_code{}, std::move(all)};
+}
+
+// A batch into the caller's buffer: a missed-messages notice alone, or what the inbox holds
+// (messages a drain read straight into `into` are there already).
+std::pair<error_code, std::size_t> channel_state::take_into(channel_batch& into) {
+    if (pending_missed_ != 0) {
+        into.clear();
+        into.set_missed(std::exchange(pending_missed_, 0));
+        return {make_error_code(errc::messages_missed), 0};
+    }
+    for (; !inbox_.empty(); inbox_.pop_front()) {
+        const auto& m = inbox_.front();
+        into.push_back(m.bytes, m.sender_pid, m.sequence);
+    }
+    return {error_code{}, into.size()};
 }
 
 // Members --------------------------------------------------------------------------------------

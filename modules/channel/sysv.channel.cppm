@@ -76,6 +76,11 @@ struct channel_message {
     }
 };
 
+/// Messages received by async_receive_batch(channel_batch&): their bytes in one buffer reused
+/// from receive to receive, so that a busy reader allocates nothing per message (see
+/// ring::message_batch for how long its views are valid).
+using channel_batch = ring::message_batch;
+
 /// Who holds a channel's lock (channel::lock_holder()).
 struct channel_lock_holder {
     std::uint32_t pid = 0;
@@ -96,13 +101,7 @@ struct channel_semaphores {
     std::size_t doorbell(std::size_t r) const noexcept { return 3 + readers + r; }
     std::size_t lock_bell() const noexcept { return 3 + 2 * readers; }
     std::size_t count() const noexcept { return 4 + 2 * readers; }
-    std::vector<int> initial_values() const {
-        std::vector<int> v(count(), 0);
-        v[lock] = 1;
-        for (std::size_t r = 0; r < readers; ++r)
-            v[slot(r)] = 1;
-        return v;
-    }
+    std::vector<int> initial_values() const;
 };
 
 /// The non-template part of basic_channel: its objects, its state in this process, and every
@@ -181,19 +180,22 @@ protected:
                   error_code& ec);
     /// Why a send cannot start: limit_exceeded (a message over the limit: none is sent), not_open.
     error_code send_error(std::span<const boost::asio::const_buffer> messages) const;
-    bool receive_now();
+    /// `into`: the batch of an async_receive_batch(channel_batch&), which a read fills directly
+    /// when nothing is buffered (else reads go to the inbox).
+    bool receive_now(channel_batch* into);
     enum class drained { taken, empty, need_lock };
-    drained drain_without_lock();
+    drained drain_without_lock(channel_batch* into);
     struct receive_outcome {
         error_code ec;
         bool sleep = false; ///< nothing to read: marked asleep, wait for the doorbell
     };
-    receive_outcome receive_locked();
+    receive_outcome receive_locked(channel_batch* into);
     std::pair<error_code, std::vector<ring::member>> table_locked(bool reap_lost, error_code ec);
 
     // What a receive hands out.
     std::pair<error_code, channel_message> next_buffered();
     std::pair<error_code, std::vector<channel_message>> take_all_buffered();
+    std::pair<error_code, std::size_t> take_into(channel_batch& into);
     bool has_buffered() const noexcept { return pending_missed_ != 0 || !inbox_.empty(); }
 
     static error_code aborted() noexcept { return boost::asio::error::operation_aborted; }
@@ -401,7 +403,7 @@ public:
                   boost::asio::default_completion_token_t<executor_type>>
     auto async_receive(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
         return boost::asio::async_initiate<Token, void(error_code, channel_message)>(
-            initiate_receive<false>{this}, token);
+            initiate_receive<channel_message>{this}, token);
     }
 
     /// Receives every message available now, up to 256 (at least one; waits like
@@ -413,7 +415,20 @@ public:
     auto
     async_receive_batch(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
         return boost::asio::async_initiate<Token, void(error_code, std::vector<channel_message>)>(
-            initiate_receive<true>{this}, token);
+            initiate_receive<std::vector<channel_message>>{this}, token);
+    }
+
+    /// async_receive_batch into `into`, which is cleared first and then holds the messages
+    /// (their bytes in its reused buffer: no allocation per message). Completion:
+    /// `void(error_code, std::size_t count)`; errc::messages_missed comes alone (count 0,
+    /// into.missed() set). `into` must outlive the operation and not be touched meanwhile.
+    template <boost::asio::completion_token_for<void(error_code, std::size_t)> Token =
+                  boost::asio::default_completion_token_t<executor_type>>
+    auto
+    async_receive_batch(channel_batch& into,
+                        Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
+        return boost::asio::async_initiate<Token, void(error_code, std::size_t)>(
+            initiate_receive<std::size_t>{this, &into}, token);
     }
 
     /// Readers that died without leaving (their slot semaphore was freed by the kernel): each
@@ -651,21 +666,23 @@ private:
 
     /// What a receive completes with: a missed-messages notice first (alone), then one message,
     /// or for a batch every buffered message in order.
-    template <bool Batch>
-    auto take_buffered() {
-        if constexpr (Batch)
-            return take_all_buffered();
-        else
+    template <class Result>
+    auto take_buffered(channel_batch* into) {
+        if constexpr (std::is_same_v<Result, std::size_t>)
+            return take_into(*into);
+        else if constexpr (std::is_same_v<Result, channel_message>)
             return next_buffered();
+        else
+            return take_all_buffered();
     }
 
-    /// async_receive (Batch = false: one message) and async_receive_batch (everything
-    /// buffered).
-    template <bool Batch>
+    /// async_receive (Result: channel_message) and async_receive_batch (everything buffered:
+    /// std::vector<channel_message>, or std::size_t with the messages in `into`).
+    template <class Result>
     struct receive_op {
-        using result_type =
-            std::conditional_t<Batch, std::vector<channel_message>, channel_message>;
+        using result_type = Result;
         basic_channel* self;
+        channel_batch* into = nullptr;
         enum { start, spinning, locking, sleeping } state = start;
         bool initiating = false; ///< in the initiating function: complete through defer()
         std::chrono::steady_clock::time_point spin_until{};
@@ -687,10 +704,10 @@ private:
                         handler, deferred,
                         std::pair(make_error_code(errc::invalid_argument), result_type{}));
                 if (ch.has_buffered())
-                    return ch.defer(handler, deferred, ch.template take_buffered<Batch>());
-                switch (ch.drain_without_lock()) {
+                    return ch.defer(handler, deferred, ch.template take_buffered<Result>(into));
+                switch (ch.drain_without_lock(into)) {
                 case drained::taken:
-                    return ch.defer(handler, deferred, ch.template take_buffered<Batch>());
+                    return ch.defer(handler, deferred, ch.template take_buffered<Result>(into));
                 case drained::empty:
                     // Awake: look again on posted passes for a while before going to sleep
                     // (a writer rings only readers that sleep; an awake one costs it nothing).
@@ -708,9 +725,9 @@ private:
             case spinning:
                 if (handler.cancelled() != boost::asio::cancellation_type::none)
                     return handler.complete(aborted(), result_type{});
-                switch (ch.drain_without_lock()) {
+                switch (ch.drain_without_lock(into)) {
                 case drained::taken: {
-                    auto [result, message] = ch.template take_buffered<Batch>();
+                    auto [result, message] = ch.template take_buffered<Result>(into);
                     return handler.complete(result, std::move(message));
                 }
                 case drained::empty:
@@ -734,8 +751,8 @@ private:
                         return handler.complete(aborted(), result_type{});
                     break;
                 }
-                if (!ec && ch.drain_without_lock() == drained::taken) {
-                    auto [result, message] = ch.template take_buffered<Batch>();
+                if (!ec && ch.drain_without_lock(into) == drained::taken) {
+                    auto [result, message] = ch.template take_buffered<Result>(into);
                     return handler.complete(result, std::move(message));
                 }
                 break;
@@ -765,11 +782,11 @@ private:
         template <class Self>
         void critical_section(Self& handler) {
             auto& ch = *self;
-            const auto received = ch.receive_locked();
+            const auto received = ch.receive_locked(into);
             if (received.ec)
                 return finish(handler, received.ec, result_type{});
             if (!received.sleep) {
-                auto [result, taken] = ch.template take_buffered<Batch>();
+                auto [result, taken] = ch.template take_buffered<Result>(into);
                 return finish(handler, result, std::move(taken));
             }
             // A cancellation that came while no wait was pending is not lost: nothing was
@@ -807,23 +824,25 @@ private:
     /// async_receive and async_receive_batch. The ready path (messages buffered, or in the ring
     /// for this reader without the lock) hands them out from the initiating function and
     /// completes as initiate_send does; waiting goes through receive_op.
-    template <bool Batch>
+    template <class Result>
     struct initiate_receive {
         basic_channel* self;
+        channel_batch* into = nullptr;
         using executor_type = Executor;
         executor_type get_executor() const noexcept { return self->get_executor(); }
 
         template <class Handler>
         void operator()(Handler&& handler) const {
             auto& ch = *self;
-            if (ch.receive_now()) {
-                auto [ec, result] = ch.template take_buffered<Batch>();
+            if (into != nullptr)
+                into->clear();
+            if (ch.receive_now(into)) {
+                auto [ec, result] = ch.template take_buffered<Result>(into);
                 return detail::complete_at_once(ch.get_executor(), std::forward<Handler>(handler),
                                                 ec, std::move(result));
             }
-            using result_type = typename receive_op<Batch>::result_type;
-            ch.template compose<void(error_code, result_type)>(receive_op<Batch>{self},
-                                                               std::forward<Handler>(handler));
+            ch.template compose<void(error_code, Result)>(receive_op<Result>{self, into},
+                                                          std::forward<Handler>(handler));
         }
     };
 
