@@ -40,6 +40,7 @@ struct transport {
     kind how;
     std::size_t batch;      ///< messages per send call (channel: async_send_batch; socket: gather)
     bool immediate = false; ///< channel: tokens bound to an immediate executor
+    bool reused = false;    ///< channel batches: received into one reused sysv::channel_batch
 };
 
 struct result {
@@ -165,7 +166,7 @@ private:
     int segment_ = -1, set_ = -1;
 };
 
-result run_channel(std::size_t size, long count, std::size_t batch, bool immediate) {
+result run_channel(std::size_t size, long count, std::size_t batch, bool immediate, bool reused) {
     asio::io_context io;
     bench_room room(io, size);
     auto& ch = room.reader();
@@ -207,7 +208,17 @@ result run_channel(std::size_t size, long count, std::size_t batch, bool immedia
     asio::co_spawn(
         io,
         [&]() -> asio::awaitable<void> {
+            sysv::channel_batch into;
             while (received < count) {
+                if (batch > 1 && reused) { // into one batch object, reused from call to call
+                    const std::size_t n =
+                        co_await ch.async_receive_batch(into, asio::use_awaitable);
+                    for (const auto& m : into)
+                        if (m.bytes.size() != size)
+                            throw std::runtime_error("channel delivered a wrong-sized message");
+                    received += static_cast<long>(n);
+                    continue;
+                }
                 if (batch > 1) { // batched on both sides: async_receive_batch
                     auto all = co_await ch.async_receive_batch(asio::use_awaitable);
                     for (const auto& m : all)
@@ -575,8 +586,8 @@ void run_channel_section(bench::context& ctx) {
         std::size_t size;
         long count;
     };
-    const std::vector<size_row> sizes{{64, opt.rounds_or(200000, 20000)},
-                                      {4096, opt.rounds_or(50000, 5000)},
+    const std::vector<size_row> sizes{{64, opt.rounds_or(1000000, 20000)},
+                                      {4096, opt.rounds_or(100000, 5000)},
                                       {65536, opt.rounds_or(20000, 500)}};
     // The first row is the baseline of the "ratio to socket" column, the second that of the
     // "ratio to message_queue" column.
@@ -595,6 +606,9 @@ void run_channel_section(bench::context& ctx) {
          kind::post, 1},
         {"channel_batch64", "sysv::channel, async_send_batch of 64 / async_receive_batch",
          kind::channel, 64},
+        {"channel_batch64_reused",
+         "sysv::channel, async_send_batch of 64 / async_receive_batch into a reused channel_batch",
+         kind::channel, 64, false, true},
         {"copy_ceiling",
          "(ceiling) memcpy in and out of a shared ring of the same size, spinning, no syscall",
          kind::copy, 1},
@@ -615,7 +629,8 @@ void run_channel_section(bench::context& ctx) {
                 ctx.progress(row + " run " + std::to_string(run + 1));
                 bench::watchdog(300, row.c_str());
                 results[i].push_back(
-                    tr.how == kind::channel ? run_channel(sz.size, sz.count, tr.batch, tr.immediate)
+                    tr.how == kind::channel
+                        ? run_channel(sz.size, sz.count, tr.batch, tr.immediate, tr.reused)
                     : tr.how == kind::socket ? run_socket(sz.size, sz.count, tr.batch)
                     : tr.how == kind::post   ? run_post_ceiling(sz.size, sz.count)
                     : tr.how == kind::copy   ? run_copy_ceiling(sz.size, sz.count)
@@ -657,7 +672,8 @@ void run_channel_section(bench::context& ctx) {
                    bench::ratio_text(to_ceiling)});
             const bool single = transports[i].id == "channel";
             const bool immediate = transports[i].id == "channel_immediate";
-            const bool batched = transports[i].id == "channel_batch64";
+            const bool batched = transports[i].id == "channel_batch64" ||
+                                 transports[i].id == "channel_batch64_reused";
             const std::string size_text = sz.size == 65536  ? "64 KiB"
                                           : sz.size == 4096 ? "4 KiB"
                                                             : std::to_string(sz.size) + " B";
@@ -686,8 +702,9 @@ void run_channel_section(bench::context& ctx) {
                 // What two copies through shared memory allow in the same runs, for context.
                 const double ceiling_to_queue = ratios_to(copy_ceiling, 1);
                 ctx.target(
-                    "channel, async_send_batch / async_receive_batch at " + size_text +
-                        ": >= 3x the message_queue's rate",
+                    "channel, async_send_batch / async_receive_batch" +
+                        std::string(transports[i].reused ? " into a channel_batch" : "") + " at " +
+                        size_text + ": >= 3x the message_queue's rate",
                     bench::ratio_text(to_queue) +
                         (std::isnan(ceiling_to_queue)
                              ? std::string()
