@@ -76,9 +76,8 @@ struct channel_message {
     }
 };
 
-/// Messages received by async_receive_batch(channel_batch&): their bytes in one buffer reused
-/// from receive to receive, so that a busy reader allocates nothing per message (see
-/// ring::message_batch for how long its views are valid).
+/// What async_receive_batch(channel_batch&) fills: one buffer reused from receive to receive, so
+/// a busy reader allocates nothing per message (ring::message_batch: how long views are valid).
 using channel_batch = ring::message_batch;
 
 /// Who holds a channel's lock (channel::lock_holder()).
@@ -180,8 +179,7 @@ protected:
                   error_code& ec);
     /// Why a send cannot start: limit_exceeded (a message over the limit: none is sent), not_open.
     error_code send_error(std::span<const boost::asio::const_buffer> messages) const;
-    /// `into`: the batch of an async_receive_batch(channel_batch&), which a read fills directly
-    /// when nothing is buffered (else reads go to the inbox).
+    /// `into`: an async_receive_batch(channel_batch&)'s, filled directly if nothing is buffered.
     bool receive_now(channel_batch* into);
     enum class drained { taken, empty, need_lock };
     drained drain_without_lock(channel_batch* into);
@@ -273,18 +271,7 @@ private:
 ///    asleep and costs the writer a doorbell semop. A writer that finds the ring full retries
 ///    on posted passes for space_spin_time before it sleeps on `space`.
 ///
-/// Why a lock word (decided by measurement, README "Channel throughput"): the semaphore lock
-/// (SEM_UNDO) cost every send two semops (lock, unlock with the doorbells) and the per-call
-/// path ran at 0.1-0.4 million 64-byte messages a second, against 3.4-3.7 million for
-/// boost::interprocess::message_queue, whose lock is a futex-based mutex in the segment. The
-/// lock word keeps what SEM_UNDO gave: the kernel does not release it for a dead holder, but
-/// the next waiter does, after checking the holder is gone (pid, start time: pid reuse cannot
-/// fool it), then repairs with the dirty marker as before; so all members must share a PID
-/// namespace (checked at open: another one gets errc::foreign_object). A glibc robust mutex
-/// (PTHREAD_MUTEX_ROBUST, process-shared) would give EOWNERDEAD the same way, but keeps its
-/// robust list as pointers into this untrusted segment, and its waiters block a thread in
-/// futex_wait, which an io_context thread must not do: rejected. The SEM_UNDO semaphore
-/// remains for initialising a blank segment (there is no header, so no lock word, yet).
+/// Why a lock word and not a semaphore or a robust mutex: see lock_attempt in channel.cpp.
 ///
 /// All async operations follow basic_async_semaphore_set's rules (any completion token,
 /// handler on its associated executor, never completed inline, per-operation cancellation of
@@ -664,8 +651,7 @@ private:
         }
     };
 
-    /// What a receive completes with: a missed-messages notice first (alone), then one message,
-    /// or for a batch every buffered message in order.
+    /// What a receive completes with: a missed notice first (alone), then message(s) in order.
     template <class Result>
     auto take_buffered(channel_batch* into) {
         if constexpr (std::is_same_v<Result, std::size_t>)
@@ -676,8 +662,7 @@ private:
             return take_all_buffered();
     }
 
-    /// async_receive (Result: channel_message) and async_receive_batch (everything buffered:
-    /// std::vector<channel_message>, or std::size_t with the messages in `into`).
+    /// async_receive and async_receive_batch (Result: their completion's value).
     template <class Result>
     struct receive_op {
         using result_type = Result;
