@@ -90,6 +90,51 @@ sysv::channel open_joined(sysv_test::ipc_guard& guard, asio::io_context& io, sys
     return ch;
 }
 
+/// A reader joins a 4 KB ring with a 300 ms slow_reader_grace and stops itself (SIGSTOP); the
+/// writer sends 200 messages of 100 bytes and then "last", far more than the ring holds, and
+/// continues it. The writer must have waited for the reader (backpressure) and not forever (it
+/// finished); `receive_until_last(channel&)` then runs in the reader, whose exit code it returns
+/// (0 when it learnt what it missed).
+template <class Receive>
+void stopped_reader_scenario(Receive receive_until_last) {
+    sysv_test::ipc_guard guard;
+    const sysv::key k(guard.temp_key());
+    auto options = options_with(4, 4096, 300ms);
+    options.shape.max_message_size = 256;
+    barrier joined(guard, 2);
+    sysv_test::child reader([&] {
+        return run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
+            auto ch = sysv::channel::open_or_create(io.get_executor(), k, options);
+            co_await ch.async_join("sleepy", asio::use_awaitable);
+            joined.arrive_and_wait();
+            ::raise(SIGSTOP); // the parent sends while this process is stopped
+            co_return co_await receive_until_last(ch);
+        });
+    });
+    const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
+        auto ch = open_guarded(guard, io, k, options);
+        joined.arrive_and_wait();
+        int status = 0;
+        while (::waitpid(reader.pid(), &status, WUNTRACED) == -1 && errno == EINTR) {
+        }
+        BOOST_REQUIRE(WIFSTOPPED(status));
+        // The writer waits for the stopped reader, gives up after the grace, drops the oldest,
+        // and carries on.
+        const std::string text(100, 'x');
+        const auto start = std::chrono::steady_clock::now();
+        for (int i = 0; i < 200; ++i)
+            co_await ch.async_send(asio::buffer(text), asio::use_awaitable);
+        const std::string last = "last";
+        co_await ch.async_send(asio::buffer(last), asio::use_awaitable);
+        const auto took = std::chrono::steady_clock::now() - start;
+        BOOST_TEST((took >= 300ms)); // it did wait for the reader (backpressure) ...
+        ::kill(reader.pid(), SIGCONT);
+        co_return 0;
+    });
+    BOOST_TEST(rc == 0); // ... and was not stalled forever (the coroutine finished)
+    BOOST_TEST(reader.wait_for(60s).exited_with(0));
+}
+
 } // namespace
 
 BOOST_AUTO_TEST_SUITE(channel)
@@ -271,53 +316,20 @@ BOOST_AUTO_TEST_CASE(a_participant_killed_mid_stream_or_holding_the_lock_does_no
 }
 
 BOOST_AUTO_TEST_CASE(a_stopped_reader_stalls_writers_only_for_the_grace_and_learns_what_it_missed) {
-    sysv_test::ipc_guard guard;
-    const sysv::key k(guard.temp_key());
-    auto options = options_with(4, 4096, 300ms);
-    options.shape.max_message_size = 256;
-    barrier joined(guard, 2);
-    sysv_test::child reader([&] {
-        return run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
-            auto ch = sysv::channel::open_or_create(io.get_executor(), k, options);
-            co_await ch.async_join("sleepy", asio::use_awaitable);
-            joined.arrive_and_wait();
-            ::raise(SIGSTOP); // the parent sends while this process is stopped
-            std::uint64_t missed = 0;
-            std::string last;
-            while (last != "last") {
-                auto [ec, m] = co_await ch.async_receive(asio::as_tuple(asio::use_awaitable));
-                if (ec == sysv::errc::messages_missed)
-                    missed += m.missed;
-                else if (ec)
-                    co_return 2;
-                else
-                    last = text_of(m);
-            }
-            co_return missed > 0 ? 0 : 3;
-        });
-    });
-    const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
-        auto ch = open_guarded(guard, io, k, options);
-        joined.arrive_and_wait();
-        int status = 0;
-        while (::waitpid(reader.pid(), &status, WUNTRACED) == -1 && errno == EINTR) {
+    stopped_reader_scenario([](sysv::channel& ch) -> asio::awaitable<int> {
+        std::uint64_t missed = 0;
+        std::string last;
+        while (last != "last") {
+            auto [ec, m] = co_await ch.async_receive(asio::as_tuple(asio::use_awaitable));
+            if (ec == sysv::errc::messages_missed)
+                missed += m.missed;
+            else if (ec)
+                co_return 2;
+            else
+                last = text_of(m);
         }
-        BOOST_REQUIRE(WIFSTOPPED(status));
-        // Far more than the ring holds: the writer waits for the stopped reader, gives up
-        // after the grace, drops the oldest, and carries on.
-        const std::string text(100, 'x');
-        const auto start = std::chrono::steady_clock::now();
-        for (int i = 0; i < 200; ++i)
-            co_await ch.async_send(asio::buffer(text), asio::use_awaitable);
-        const std::string last = "last";
-        co_await ch.async_send(asio::buffer(last), asio::use_awaitable);
-        const auto took = std::chrono::steady_clock::now() - start;
-        BOOST_TEST((took >= 300ms)); // it did wait for the reader (backpressure) ...
-        ::kill(reader.pid(), SIGCONT);
-        co_return 0;
+        co_return missed > 0 ? 0 : 3;
     });
-    BOOST_TEST(rc == 0); // ... and was not stalled forever (the coroutine finished)
-    BOOST_TEST(reader.wait_for(60s).exited_with(0));
 }
 
 BOOST_AUTO_TEST_CASE(a_channel_left_by_crashed_members_is_recycled_and_then_removed) {
@@ -505,58 +517,30 @@ BOOST_AUTO_TEST_CASE(a_receive_into_a_batch_takes_what_a_receive_left_buffered_f
 }
 
 BOOST_AUTO_TEST_CASE(a_stopped_reader_receiving_into_a_batch_learns_what_it_missed_then_goes_on) {
-    sysv_test::ipc_guard guard;
-    const sysv::key k(guard.temp_key());
-    auto options = options_with(4, 4096, 300ms);
-    options.shape.max_message_size = 256;
-    barrier joined(guard, 2);
-    sysv_test::child reader([&] {
-        return run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
-            auto ch = sysv::channel::open_or_create(io.get_executor(), k, options);
-            co_await ch.async_join("sleepy", asio::use_awaitable);
-            joined.arrive_and_wait();
-            ::raise(SIGSTOP); // the parent sends while this process is stopped
-            sysv::channel_batch into;
-            std::uint64_t missed = 0, notices = 0, after_notice = 0;
-            std::string last;
-            while (last != "last") {
-                auto [ec, n] =
-                    co_await ch.async_receive_batch(into, asio::as_tuple(asio::use_awaitable));
-                if (ec == sysv::errc::messages_missed) {
-                    // Alone: no message with it, the count in the batch.
-                    if (n != 0 || !into.empty() || into.missed() == 0)
-                        co_return 4;
-                    missed += into.missed();
-                    ++notices;
-                } else if (ec) {
-                    co_return 2;
-                } else {
-                    if (n == 0 || into.missed() != 0)
-                        co_return 5;
-                    after_notice += notices > 0 ? n : 0;
-                    last = std::string(into[n - 1].text());
-                }
+    stopped_reader_scenario([](sysv::channel& ch) -> asio::awaitable<int> {
+        sysv::channel_batch into;
+        std::uint64_t missed = 0, notices = 0, after_notice = 0;
+        std::string last;
+        while (last != "last") {
+            auto [ec, n] =
+                co_await ch.async_receive_batch(into, asio::as_tuple(asio::use_awaitable));
+            if (ec == sysv::errc::messages_missed) {
+                // Alone: no message with it, the count in the batch.
+                if (n != 0 || !into.empty() || into.missed() == 0)
+                    co_return 4;
+                missed += into.missed();
+                ++notices;
+            } else if (ec) {
+                co_return 2;
+            } else {
+                if (n == 0 || into.missed() != 0)
+                    co_return 5;
+                after_notice += notices > 0 ? n : 0;
+                last = std::string(into[n - 1].text());
             }
-            co_return missed > 0 && after_notice > 0 ? 0 : 3;
-        });
-    });
-    const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
-        auto ch = open_guarded(guard, io, k, options);
-        joined.arrive_and_wait();
-        int status = 0;
-        while (::waitpid(reader.pid(), &status, WUNTRACED) == -1 && errno == EINTR) {
         }
-        BOOST_REQUIRE(WIFSTOPPED(status));
-        const std::string text(100, 'x');
-        for (int i = 0; i < 200; ++i)
-            co_await ch.async_send(asio::buffer(text), asio::use_awaitable);
-        const std::string last = "last";
-        co_await ch.async_send(asio::buffer(last), asio::use_awaitable);
-        ::kill(reader.pid(), SIGCONT);
-        co_return 0;
+        co_return missed > 0 && after_notice > 0 ? 0 : 3;
     });
-    BOOST_TEST(rc == 0);
-    BOOST_TEST(reader.wait_for(60s).exited_with(0));
 }
 
 BOOST_AUTO_TEST_CASE(a_receive_raced_by_a_timer_is_cancelled_and_the_channel_goes_on) {
