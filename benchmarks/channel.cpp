@@ -121,16 +121,20 @@ result run_socket(std::size_t size, long count, std::size_t batch) {
 
 /// A channel at the ftok key of a temporary file of its own (so a forked peer opens the same
 /// one), tracked for removal on signals and removed at the end.
+/// The ring bytes of the benchmark's channels (and of the copy ceiling's ring) for messages of
+/// up to `max_message` bytes: the size of a socket's buffers, so it stays in the CPU caches (a
+/// 4 MiB ring, much larger than L2, ran at half the speed at 64 KiB), and at least 4 messages.
+std::uint64_t bench_ring_capacity(std::uint32_t max_message) {
+    return std::max<std::uint64_t>(256 * 1024, 4 * sysv::ring::record_size(max_message));
+}
+
 class bench_room {
 public:
     bench_room(asio::io_context& io, std::size_t max_message) {
         options_.shape.max_readers = 2;
         options_.shape.max_message_size =
             static_cast<std::uint32_t>(std::max<std::size_t>(max_message, 64));
-        // A ring the size of a socket's buffers: it stays in the CPU caches (a 4 MiB ring, much
-        // larger than L2, ran at half the speed at 64 KiB).
-        options_.shape.capacity = std::max<std::uint64_t>(
-            256 * 1024, 4 * sysv::ring::record_size(options_.shape.max_message_size));
+        options_.shape.capacity = bench_ring_capacity(options_.shape.max_message_size);
         options_.slow_reader_grace = std::chrono::seconds(60); // backpressure, never drops
         const int fd = ::mkstemp(path_);
         if (fd == -1)
@@ -337,7 +341,7 @@ result run_copy_ceiling(std::size_t size, long count) {
         alignas(64) std::atomic<std::uint64_t> read{0};
     };
     const std::uint64_t record = sysv::ring::record_size(size);
-    const std::uint64_t capacity = std::max<std::uint64_t>(256 * 1024, 4 * record);
+    const std::uint64_t capacity = bench_ring_capacity(static_cast<std::uint32_t>(size));
     const std::uint64_t slots = capacity / record;
     const std::size_t bytes = sizeof(shared_positions) + capacity;
     void* mapping =
