@@ -13,6 +13,7 @@ module;
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <time.h>
 #include <unistd.h>
 
 #include <boost/system/error_code.hpp>
@@ -48,6 +49,15 @@ struct doorbell_access {
 };
 
 namespace {
+
+/// The stamp of a word: 8 bytes after the slot's `up` word for `up`, 16 for `zero` (a slot is 32
+/// bytes, 32-byte aligned from the table's start: the words are at 0 and 4).
+std::uint64_t* stamp_slot(const std::uint32_t* word) noexcept {
+    const auto address = reinterpret_cast<std::uintptr_t>(word);
+    const std::uintptr_t slot = address & ~std::uintptr_t(doorbell_table::slot_size - 1);
+    const std::uintptr_t kind = (address - slot) / sizeof(std::uint32_t); // 0: up, 1: zero
+    return reinterpret_cast<std::uint64_t*>(slot + 8 + 8 * kind);
+}
 
 struct table_state {
     std::once_flag once;
@@ -160,13 +170,46 @@ void ring_doorbells(int set_id, unsigned kinds) noexcept {
         while (!__atomic_compare_exchange_n(word, &old, (old + 2) & ~1u, true, __ATOMIC_SEQ_CST,
                                             __ATOMIC_RELAXED)) {
         }
-        if (old & 1u) // someone sleeps on it: shared futex (never FUTEX_PRIVATE_FLAG)
+        if (old & 1u) { // someone sleeps on it: stamp, then wake (shared futex, never private)
+            const std::uint64_t stamp =
+                (static_cast<std::uint64_t>((old + 2) & ~1u) << 32) | doorbell_clock_us();
+            __atomic_store_n(stamp_slot(word), stamp, __ATOMIC_RELEASE);
             ::syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+        }
     }
 }
 
 std::uint32_t doorbell_value(const std::uint32_t* word) noexcept {
     return __atomic_load_n(word, __ATOMIC_ACQUIRE);
+}
+
+std::uint32_t doorbell_clock_us() noexcept {
+    timespec now{};
+    ::clock_gettime(CLOCK_MONOTONIC, &now);
+    return static_cast<std::uint32_t>(static_cast<std::uint64_t>(now.tv_sec) * 1'000'000u +
+                                      static_cast<std::uint64_t>(now.tv_nsec) / 1000u);
+}
+
+std::uint64_t doorbell_table::stamp_of(const std::uint32_t* word) noexcept {
+    return __atomic_load_n(stamp_slot(word), __ATOMIC_ACQUIRE);
+}
+
+std::optional<std::uint32_t> doorbell_rung_ago(const std::uint32_t* word,
+                                               std::uint32_t expected) noexcept {
+    // Read the stamp before the word: a stamp is stored after its word changed, so a stamp
+    // that describes a change up to the word's current value is complete.
+    const std::uint64_t stamp = doorbell_table::stamp_of(word);
+    const std::uint32_t now_us = doorbell_clock_us();
+    const std::uint32_t current = doorbell_value(word) & ~1u;
+    const std::uint32_t base = expected & ~1u;
+    const auto stamped = static_cast<std::uint32_t>(stamp >> 32);
+    // Counter arithmetic (the words wrap): the stamped change must come after `expected` and
+    // no later than the word's current value.
+    const auto since_base = static_cast<std::int32_t>(stamped - base);
+    const auto until_now = static_cast<std::int32_t>(current - stamped);
+    if (stamp == 0 || since_base <= 0 || until_now < 0)
+        return std::nullopt;
+    return static_cast<std::uint32_t>(now_us - static_cast<std::uint32_t>(stamp));
 }
 
 std::optional<std::uint32_t> mark_sleeper(std::uint32_t* word, std::uint32_t seen) noexcept {

@@ -726,6 +726,14 @@ unsigned doorbells_heard_by(std::span<const sembuf> ops) noexcept;
 /// missed: the semaphore stays the truth, a ring only means "try again"). A sleeper that dies
 /// leaves bit 0 set: the next ring wakes nobody and clears it.
 ///
+/// A ring that finds bit 0 set also stamps the slot before its FUTEX_WAKE: one 64-bit store of
+/// the word's new value (high half) and CLOCK_MONOTONIC in microseconds, modulo 2^32 (low half),
+/// at offset 8 (up) or 16 (zero) of the slot. The stamp is evidence, never the truth: it lets a
+/// waiter tell how long ago the change it sleeps on was made (rung_at()), so that a wake that
+/// reached it late, or that only its backstop poll found, is noticed (a wake path that accepts
+/// waits and does not deliver them is demoted; see sysv::wake_status). A slot without a stamp
+/// that matches (a ring by an older version of the library) tells nothing.
+///
 /// The key is 0x5d000000 | (effective uid & 0xffffff), or $SYSV_DOORBELL_KEY (a number, or
 /// "off" for no doorbells). The segment stays after the last process exits (32 KiB; it is
 /// re-used, and rebuilt if removed: remove_doorbell_table()). An object of another owner, mode
@@ -753,6 +761,9 @@ public:
     }
     int segment_id() const noexcept { return segment_id_; }
 
+    /// The stamp of the word at `word` (see the class comment), read atomically.
+    static std::uint64_t stamp_of(const std::uint32_t* word) noexcept;
+
 private:
     doorbell_table(std::byte* base, int segment_id) noexcept
         : base_(base), segment_id_(segment_id) {}
@@ -765,6 +776,14 @@ private:
 void ring_doorbells(int set_id, unsigned kinds) noexcept;
 /// The word's current value (acquire).
 std::uint32_t doorbell_value(const std::uint32_t* word) noexcept;
+/// CLOCK_MONOTONIC in microseconds, modulo 2^32 (the clock of the doorbell stamps).
+std::uint32_t doorbell_clock_us() noexcept;
+/// How long ago (microseconds) a change of `word` made after it held `expected` (the value a
+/// sleeper marked) was rung, according to the slot's stamp: nothing when the stamp does not
+/// describe such a change (no ring with a sleeper since, or a ring by an older library). The
+/// change may be older than this (a lower bound), never younger.
+std::optional<std::uint32_t> doorbell_rung_ago(const std::uint32_t* word,
+                                               std::uint32_t expected) noexcept;
 /// For a waiter about to sleep: marks `word` as slept on if it still holds `seen` (read before
 /// the failed attempt), and returns the value to sleep on (FUTEX_WAIT's expected value); nothing
 /// if the word changed since (try again now).
