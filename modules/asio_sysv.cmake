@@ -23,7 +23,9 @@ sysv_add_module_library(asio_sysv
         ${_asio_sysv_dir}/core/semaphore_set_open.cpp
         ${_asio_sysv_dir}/ring/ring.cpp
         ${_asio_sysv_dir}/async/poll_service.cpp
-        ${_asio_sysv_dir}/async/doorbell_watchers.cpp
+        ${_asio_sysv_dir}/async/uring_watcher.cpp
+        ${_asio_sysv_dir}/async/thread_watcher.cpp
+        ${_asio_sysv_dir}/async/wake_checks.cpp
         ${_asio_sysv_dir}/channel/channel.cpp
 )
 unset(_asio_sysv_dir)

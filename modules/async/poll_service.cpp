@@ -14,6 +14,7 @@ module;
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -78,6 +79,10 @@ pid_t this_process() noexcept {
     return pid;
 }
 
+bool operator==(const watched_word& a, const watched_word& b) noexcept {
+    return a.word == b.word && a.expected == b.expected;
+}
+
 bool apply_to_snapshot(std::span<int> values, std::span<const sembuf> ops) noexcept {
     std::size_t done = 0;
     bool feasible = true;
@@ -127,52 +132,147 @@ void poll_service::choose_mode_locked() {
         return;
     mode_chosen_ = true;
     mode_pid_ = this_process();
-    mode_ = wake_mode::polling;
+    config_ = wake_config::polling;
     watcher_.reset();
     std::string forced;
     if (const char* env = std::getenv("SYSV_WAIT_MODE"); env != nullptr && *env != '\0')
         forced = env;
     std::string why;
-    if (!forced.empty() && forced != "io_uring" && forced != "thread" && forced != "polling")
-        why = "SYSV_WAIT_MODE='" + forced + "' is not io_uring, thread or polling; ";
+    static constexpr std::array all{wake_config::uring_deferred, wake_config::uring_plain,
+                                    wake_config::helper_thread};
+    std::span<const wake_config> candidates = all;
     if (forced == "polling") {
         mode_reason_ = "polling forced (SYSV_WAIT_MODE=polling)";
         return;
+    } else if (forced == "io_uring_plain") {
+        candidates = candidates.subspan(1);
+        why = "io_uring ring + eventfd forced (SYSV_WAIT_MODE=io_uring_plain); ";
+    } else if (forced == "thread") {
+        candidates = candidates.subspan(2);
+        why = "helper thread forced (SYSV_WAIT_MODE=thread); ";
+    } else if (!forced.empty() && forced != "io_uring" && forced != "io_uring_deferred") {
+        why = "SYSV_WAIT_MODE='" + forced +
+              "' is not io_uring, io_uring_deferred, io_uring_plain, thread or polling; ";
     }
     if (doorbell_table::get() == nullptr) {
         mode_reason_ = why + doorbell_table::unavailable_reason();
         return;
     }
-    if (forced != "thread") {
-        std::string uring_why;
-        if ((watcher_ = make_uring_watcher(*this, uring_why))) {
-            mode_ = wake_mode::io_uring;
-            mode_reason_ = why;
-            return;
+    make_watcher_locked(candidates, why);
+    mode_reason_ = why;
+}
+
+void poll_service::make_watcher_locked(std::span<const wake_config> candidates, std::string& why) {
+    const char* env = std::getenv("SYSV_WAKE_CHECK");
+    const bool check = env == nullptr || std::string_view(env) != "off";
+    for (const wake_config candidate : candidates) {
+        const auto refuse = [&](const std::string& what) {
+            why += std::string(describe(candidate)) + ": " + what + "; ";
+        };
+        if (check) {
+            const auto verdict = check_delivery(candidate);
+            if (!verdict.delivered) {
+                refuse("not used, its start-up check failed: " + verdict.what);
+                continue;
+            }
         }
-        why += "io_uring is unavailable (" + uring_why + ")";
-    } else {
-        why += "helper thread forced (SYSV_WAIT_MODE=thread)";
+        std::string unavailable;
+        watcher_ = candidate == wake_config::helper_thread
+                       ? make_thread_watcher(*this, unavailable)
+                       : make_uring_watcher(*this, candidate, unavailable);
+        if (watcher_) {
+            config_ = candidate;
+            break;
+        }
+        refuse("unavailable (" + unavailable + ")");
     }
-    std::string thread_why;
-    if ((watcher_ = make_thread_watcher(*this, thread_why))) {
-        mode_ = wake_mode::helper_thread;
-        mode_reason_ = why;
-        return;
-    }
-    mode_reason_ = why + "; the helper thread is unavailable (" + thread_why + ")";
+    if (!watcher_)
+        config_ = wake_config::polling;
+    if (why.size() >= 2 && why.ends_with("; "))
+        why.resize(why.size() - 2);
 }
 
 wake_mode poll_service::mode() const {
     std::lock_guard lock(mutex_);
     const_cast<poll_service*>(this)->choose_mode_locked();
-    return mode_;
+    return mode_of(watcher_ ? watcher_->config() : config_);
 }
 
 std::string poll_service::mode_reason() const {
     std::lock_guard lock(mutex_);
     const_cast<poll_service*>(this)->choose_mode_locked();
-    return mode_reason_;
+    std::string reason = mode_reason_;
+    if (watcher_ && watcher_->config() != config_) // a deferring ring replaced by a plain one
+        reason += std::string(reason.empty() ? "" : "; ") +
+                  "the context is run by several threads: a plain ring replaced the deferring one";
+    return reason;
+}
+
+wake_status poll_service::status() const {
+    std::lock_guard lock(mutex_);
+    const_cast<poll_service*>(this)->choose_mode_locked();
+    const wake_config config = watcher_ ? watcher_->config() : config_;
+    wake_status status;
+    status.mode = mode_of(config);
+    status.configuration = describe(config);
+    status.reason = mode_reason_;
+    if (watcher_ && config != config_)
+        status.reason += std::string(status.reason.empty() ? "" : "; ") +
+                         "the context is run by several threads: a plain ring replaced the "
+                         "deferring one";
+    status.stats = stats_;
+    return status;
+}
+
+void poll_service::judge_delivery_locked(clock::time_point now, bool bad, const std::string& what) {
+    if (!bad) {
+        bad_streak_ = 0;
+        streak_what_.clear();
+        return;
+    }
+    ++bad_streak_;
+    streak_what_ += (streak_what_.empty() ? "" : ", ") + what;
+    if (bad_streak_ >= wake_demotion_streak)
+        demote_locked(now, std::to_string(bad_streak_) + " wakes in a row were not delivered in " +
+                               std::to_string(wake_delivery_bound.count()) +
+                               " ms: " + streak_what_);
+}
+
+void poll_service::demote_locked(clock::time_point now, const std::string& why) {
+    const wake_config from = watcher_ ? watcher_->config() : config_;
+    if (from == wake_config::polling)
+        return;
+    ++stats_.demotions;
+    bad_streak_ = 0;
+    streak_what_.clear();
+    std::string reason = mode_reason_;
+    if (!reason.empty())
+        reason += "; ";
+    reason += "demoted from " + std::string(describe(from)) + " (" + why + ")";
+    // The next configurations, fastest first; a check not run yet runs now.
+    static constexpr std::array order{wake_config::uring_deferred, wake_config::uring_plain,
+                                      wake_config::helper_thread};
+    const auto next = std::find(order.begin(), order.end(), from) + 1;
+    std::span<const wake_config> candidates(next, order.end());
+    watcher_.reset();
+    watched_.clear();
+    watch_complete_ = false;
+    std::string refused;
+    make_watcher_locked(candidates, refused);
+    if (!refused.empty())
+        reason += "; " + refused;
+    mode_reason_ = reason;
+    // Whatever the old watcher held back is looked at now; without doorbells any more, the
+    // waits poll on the plain backoff (a doorbell's long backstop would be a silent stall).
+    for (pending_wait* w = head_; w != nullptr; w = w->next) {
+        w->on_doorbell = false;
+        w->due = std::min(w->due, now);
+        if (!watcher_) {
+            w->words = {};
+            w->schedule.set_doorbells(false);
+        }
+    }
+    post_pass_locked();
 }
 
 void poll_service::on_doorbell() {
@@ -180,6 +280,9 @@ void poll_service::on_doorbell() {
         std::lock_guard lock(mutex_);
         bool any = false;
         const auto now = clock::now();
+        // How long after its ring this delivery came: the oldest change it reports, by the
+        // stamps of the words (for words that were all watched; else unknown).
+        std::optional<std::uint32_t> late_us;
         for (pending_wait* w = head_; w != nullptr; w = w->next) {
             if (!w->on_doorbell)
                 continue;
@@ -188,6 +291,9 @@ void poll_service::on_doorbell() {
                     w->on_doorbell = false;
                     w->due = std::min(w->due, now);
                     any = true;
+                    if (const auto ago = doorbell_rung_ago(w->words[k], w->expected[k]);
+                        ago && watch_complete_)
+                        late_us = std::max(late_us.value_or(0), *ago);
                     break;
                 }
         }
@@ -197,6 +303,19 @@ void poll_service::on_doorbell() {
         }
         if (shut_down_)
             return;
+        ++stats_.delivered;
+        if (late_us) {
+            const bool late = std::chrono::microseconds(*late_us) > wake_delivery_bound;
+            stats_.late += late ? 1 : 0;
+            // A late delivery on the helper thread may be this context's own busy thread (its
+            // post waits for the handlers before it): only misses demote that one.
+            const wake_config config = watcher_ ? watcher_->config() : config_;
+            if (!late || config != wake_config::helper_thread)
+                judge_delivery_locked(now, late,
+                                      "delivered " + std::to_string(*late_us / 1000) + "." +
+                                          std::to_string(*late_us % 1000 / 100) +
+                                          " ms after the ring");
+        }
     }
     // The pass runs now rather than posted: on_doorbell is called on the context's thread (from
     // the eventfd's handler, or a handler the helper thread posted), so the woken waits'
@@ -229,6 +348,10 @@ void poll_service::update_watch_locked(clock::time_point now) {
         words[out++] = words[i];
     }
     words.resize(out);
+    if (!watcher_->failure().empty()) { // it can watch no more: the next configuration
+        demote_locked(now, watcher_->failure());
+        return;
+    }
     if (stale) {
         for (pending_wait* w = head_; w != nullptr; w = w->next)
             if (w->on_doorbell)
@@ -240,7 +363,9 @@ void poll_service::update_watch_locked(clock::time_point now) {
         post_pass_locked();
     }
     watched_ = words;
-    watcher_->watch(watched_);
+    watch_complete_ = watcher_->watch(watched_);
+    if (!watch_complete_ && !watcher_->failure().empty())
+        demote_locked(now, watcher_->failure());
 }
 
 void poll_service::notify_fork(asio::execution_context::fork_event event) {
@@ -307,16 +432,43 @@ void poll_service::start(pending_wait* w, const asio::any_io_executor& ex) {
             w->schedule.set_doorbells(true);
         }
     }
-    link(w);
+    const auto now = clock::now();
     const auto pause = w->schedule.next(uniform01(random_));
+    bool rung_meanwhile = false;
+    if (pause.count() != 0 && w->schedule.doorbells() && (w->words[0] || w->words[1])) {
+        // A wait that sleeps at once sleeps on its doorbell from now, not from its first poll:
+        // the words are read before one more attempt, so a release in between is not missed.
+        for (std::size_t k = 0; k < 2; ++k)
+            if (w->words[k] != nullptr)
+                w->seen[k] = doorbell_value(w->words[k]);
+        error_code ec;
+        if (try_semop(w->set_id, w->ops, ec) != attempt_result::would_block) {
+            w->done = true;
+            lock.unlock();
+            w->finish(w, ec, true);
+            return;
+        }
+        bool changed = false;
+        for (std::size_t k = 0; k < 2; ++k)
+            if (w->words[k] != nullptr) {
+                const auto v = mark_sleeper(w->words[k], w->seen[k]);
+                changed = changed || !v;
+                w->expected[k] = v.value_or(0);
+            }
+        w->on_doorbell = !changed;
+        rung_meanwhile = changed; // rung since the read: the timer tries again at once
+    }
+    link(w);
     if (pause.count() == 0) {
         w->sleeping = false;
         post_pass_locked();
     } else {
         w->sleeping = true;
         w->interval = pause;
-        w->due = clock::now() + pause;
+        w->due = rung_meanwhile ? now : now + pause;
     }
+    if (w->on_doorbell)
+        update_watch_locked(now);
     // A new wait can only make the timer's next tick earlier: no need to look at the others.
     std::optional<clock::time_point> earliest;
     if (w->sleeping)
@@ -427,6 +579,31 @@ void poll_service::plan_locked(clock::time_point now, bool retry_now) {
     update_watch_locked(now);
 }
 
+void poll_service::check_missed_locked(std::span<pending_wait* const> candidates,
+                                       clock::time_point now) {
+    if (!watcher_ || !watch_complete_)
+        return; // words that were not all watched: a poll is how they are heard
+    // A wait still asleep on its doorbell whose word changed: nothing delivered it (a delivery
+    // takes it off its doorbell first). Missed when the change is older than the bound (a
+    // fresh one is this process's own release, or a wake on its way) and no delivery is
+    // pending (a busy context has not run it yet).
+    std::optional<std::uint32_t> oldest_us;
+    for (pending_wait* w : candidates)
+        if (w->on_doorbell)
+            for (std::size_t k = 0; k < 2; ++k)
+                if (w->words[k] != nullptr && w->seen[k] != w->expected[k])
+                    if (const auto ago = doorbell_rung_ago(w->words[k], w->expected[k]))
+                        oldest_us = std::max(oldest_us.value_or(0), *ago);
+    if (!oldest_us || std::chrono::microseconds(*oldest_us) <= wake_delivery_bound ||
+        watcher_->delivery_pending())
+        return;
+    ++stats_.missed;
+    judge_delivery_locked(now, true,
+                          "found by a poll " + std::to_string(*oldest_us / 1000) + "." +
+                              std::to_string(*oldest_us % 1000 / 100) +
+                              " ms after the ring, not delivered");
+}
+
 void poll_service::run_pass() {
     std::vector<std::pair<pending_wait*, error_code>> completed;
     bool yield_pass = false;
@@ -461,6 +638,7 @@ void poll_service::run_pass() {
             for (std::size_t k = 0; k < 2; ++k)
                 if (w->words[k] != nullptr)
                     w->seen[k] = doorbell_value(w->words[k]);
+        check_missed_locked(candidates, now);
         for (auto group = candidates.begin(); group != candidates.end();) {
             const auto group_end =
                 std::find_if(group, candidates.end(),

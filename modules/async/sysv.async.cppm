@@ -159,7 +159,7 @@ public:
                                                  : backoff_.max_sleep;
         if (current_.count() == 0)
             current_ = backoff_.first_sleep;
-        const auto sleep = current_;
+        const auto sleep = std::min(current_, cap); // the cap changes when doorbells stop
         const double grown = static_cast<double>(current_.count()) * backoff_.growth;
         current_ = grown >= static_cast<double>(cap.count())
                        ? cap
@@ -189,23 +189,68 @@ export namespace sysv {
 
 /// How the waits of an execution context are woken when a release they wait for happens:
 ///  * io_uring: doorbells awaited by io_uring FUTEX_WAITV on a ring of the context, whose
-///    descriptor the context watches like any other: no thread, no polling (Linux >= 6.7). A
-///    wake costs the waiter an epoll_wait interrupted by io_uring's task work, the epoll_wait
-///    that reports the ring, and the attempt's semop, made from that completion (the woken
-///    waits' handlers are dispatched from there, with no posted round trip);
+///    eventfd the context watches like any other descriptor: no thread, no polling (Linux >=
+///    6.7). Two ring configurations exist (wake_status::configuration): a ring that defers its
+///    completions to the context's thread (the eventfd is signalled by the releaser's
+///    FUTEX_WAKE itself), and a plain ring (the FUTEX_WAKE interrupts the context's epoll_wait
+///    to post the completion, which signals the eventfd). The woken waits' handlers are
+///    dispatched from the eventfd's completion, with no posted round trip;
 ///  * helper_thread: doorbells awaited by one internal thread of the process in futex_waitv,
 ///    which posts to the contexts (Linux >= 5.16; at most 127 distinct doorbell words are
 ///    watched, the others rely on the backstop);
-///  * polling: the backoff schedule only (no doorbell table, or forced).
+///  * polling: the backoff schedule only (no doorbell table, nothing delivers here, or forced).
 /// A release by another program (Python's sysv_ipc, C, `ipcrm`) never rings: it is seen by the
 /// backoff polls, which go on in every mode as a backstop (see backoff::doorbell_max_sleep).
-/// The mode is chosen once per context, at its first wait: the best available, or the one
-/// $SYSV_WAIT_MODE names (io_uring, thread, polling; a forced mode that is unavailable falls
-/// back, and wake_mode_reason() says why).
+///
+/// A configuration is trusted only after it delivered, on the running kernel: before a
+/// context first relies on one, the process checks once, end to end, that a FUTEX_WAKE made
+/// by another thread reaches a waiter through exactly that configuration within
+/// wake_delivery_bound (kernel builds differ: on some, a deferring ring's eventfd is signalled
+/// only after an RCU grace period, tens of milliseconds later). Configurations are tried from
+/// the fastest (deferring ring, plain ring, helper thread); each refusal is recorded in
+/// wake_mode_reason(). The check goes on while the context runs: a delivery that reaches it
+/// more than wake_delivery_bound after the ring, or a rung word that only a backstop poll
+/// found, is counted (wake_status); wake_demotion_streak of them in a row, with no timely
+/// delivery in between, demote the context to the next configuration, and the reason says why.
+/// (On the helper thread, only missed deliveries demote: a late one can be this context's own
+/// busy thread.) A wrong configuration thus costs a few backstop periods, never silently.
+///
+/// The mode is chosen once per context, at its first wait: the best that delivers, or the
+/// one $SYSV_WAIT_MODE names (io_uring, io_uring_deferred, io_uring_plain, thread, polling; a
+/// forced mode that is unavailable or does not deliver falls back, and wake_mode_reason()
+/// says why). $SYSV_WAKE_CHECK=off skips the start-up check (the running check stays): for
+/// measuring a configuration that the check would refuse.
 enum class wake_mode { io_uring, helper_thread, polling };
 
 /// "io_uring", "helper_thread" or "polling".
 std::string_view to_string(wake_mode mode) noexcept;
+
+/// A delivery later than this after its ring (the releaser's FUTEX_WAKE) counts as late; a
+/// configuration whose start-up check does not deliver within it is not used. A healthy
+/// delivery takes tens of microseconds; the failures this guards against take milliseconds.
+inline constexpr std::chrono::milliseconds wake_delivery_bound{5};
+/// Late or missed deliveries in a row (no timely one in between) that demote a context.
+inline constexpr unsigned wake_demotion_streak = 3;
+
+/// What a context's waits have heard so far (counters since the context's first wait).
+struct wake_statistics {
+    std::uint64_t delivered = 0; ///< deliveries that found a rung word (each wakes >= 1 wait)
+    std::uint64_t late = 0;      ///< deliveries more than wake_delivery_bound after their ring
+    std::uint64_t missed = 0;    ///< rung words found by a backstop poll, not delivered in time
+    std::uint64_t demotions = 0; ///< configurations given up while running
+};
+
+/// How a context's waits are woken, with what, and why not better.
+struct wake_status {
+    wake_mode mode = wake_mode::polling;
+    /// The configuration in use: "io_uring deferring ring + eventfd", "io_uring ring +
+    /// eventfd", "helper thread (futex_waitv)" or "polling".
+    std::string configuration;
+    /// Why not a faster configuration (start-up checks that failed, demotions); empty when
+    /// the fastest one is used.
+    std::string reason;
+    wake_statistics stats;
+};
 
 } // namespace sysv
 
@@ -301,19 +346,64 @@ struct pending_wait {
 struct watched_word {
     std::uint32_t* word;
     std::uint32_t expected;
-    friend bool operator==(const watched_word&, const watched_word&) = default;
+    // Defined once in poll_service.cpp: clang 16 emits a defaulted friend of a module interface
+    // in every unit that uses it (a duplicate symbol at link time).
+    friend bool operator==(const watched_word& a, const watched_word& b) noexcept;
 };
+
+/// The ways a context can be told of doorbells, fastest first (see sysv::wake_mode).
+enum class wake_config : unsigned char { uring_deferred, uring_plain, helper_thread, polling };
+/// Its wake_status::configuration text.
+std::string_view describe(wake_config config) noexcept;
+/// Its wake_mode.
+wake_mode mode_of(wake_config config) noexcept;
+
+/// The start-up check of a configuration (async/wake_checks.cpp): whether a FUTEX_WAKE made by
+/// another thread of this process on a shared word reached a waiter through `config` within
+/// wake_delivery_bound, and what was seen. Run once per process and configuration (the
+/// verdict is kept, also across fork: the kernel is the same); blocks the caller for about a
+/// millisecond when it delivers, about 11 ms when it does not.
+struct delivery_check {
+    bool delivered = false;
+    std::string what; ///< "delivered in 40 us" or why not
+};
+delivery_check check_delivery(wake_config config);
+/// The checks themselves, uncached (async/uring_watcher.cpp, async/thread_watcher.cpp).
+delivery_check probe_ring(wake_config config);
+delivery_check probe_helper_thread();
 
 /// Waits on doorbell words for a poll service, and tells it (on_doorbell) when one changed:
 /// io_uring FUTEX_WAITV on a ring of the service's context, or the process's helper thread in
-/// futex_waitv. Defined in async/doorbell_watchers.cpp.
+/// futex_waitv. Defined in async/uring_watcher.cpp and async/thread_watcher.cpp.
 class doorbell_watcher {
 public:
     virtual ~doorbell_watcher() = default;
     /// Watch exactly `words` from now on (empty: nothing, and keep no work pending). Called
-    /// from the service's passes, with its lock held.
-    virtual void watch(const std::vector<watched_word>& words) = 0;
+    /// from the service's passes, with its lock held. Returns whether every word is watched
+    /// (false: some rely on their backstop polls, or the watcher cannot watch any more; see
+    /// failure()).
+    virtual bool watch(const std::vector<watched_word>& words) = 0;
+    /// Whether a delivery is on its way to the service now (the ring's eventfd is readable,
+    /// the helper thread has posted): asked before a rung word that only a poll found is
+    /// called missed. Called with the service's lock held.
+    virtual bool delivery_pending() = 0;
+    /// The configuration in use (a deferring ring becomes a plain one when a second thread
+    /// runs the context).
+    virtual wake_config config() const = 0;
+    /// Why the watcher can no longer watch (the service then demotes it), or empty.
+    virtual std::string failure() const { return {}; }
 };
+
+#ifdef SYSV_CRASH_POINTS
+/// Test hooks (builds with SYSV_CRASH_POINTS only): from now on, in this process, watchers
+/// of `config` drop every delivery (the words still change, the kernel still completes the
+/// waits; the service is never told), or call the service `delay` after the delivery.
+void swallow_deliveries(wake_config config) noexcept;
+void delay_deliveries(wake_config config, std::chrono::milliseconds delay) noexcept;
+#endif
+/// Whether the hooks above drop (or how long they delay) `config`'s deliveries.
+bool deliveries_swallowed(wake_config config) noexcept;
+std::chrono::milliseconds delivery_delay(wake_config config) noexcept;
 
 /// One per execution context: owns every pending wait of that context, the yield passes and the
 /// one timer they share.
@@ -346,6 +436,7 @@ public:
     /// How this service's waits are woken, and why not by a better way (empty when they are).
     wake_mode mode() const;
     std::string mode_reason() const;
+    wake_status status() const;
 
     static std::uint64_t new_owner_id() noexcept {
         static std::atomic<std::uint64_t> next{1};
@@ -361,6 +452,17 @@ private:
 
     /// Chooses and makes the wake mode (once, on the first wait).
     void choose_mode_locked();
+    /// Makes the first configuration of `candidates` (in order) that is available and
+    /// delivers; the failures go to `why`. Polling when none.
+    void make_watcher_locked(std::span<const wake_config> candidates, std::string& why);
+    /// A late or missed delivery (`what`), or a timely one (empty): demotes after a streak.
+    void judge_delivery_locked(std::chrono::steady_clock::time_point now, bool bad,
+                               const std::string& what);
+    /// A pass's candidates that sleep on a doorbell rung long ago, not delivered: a miss.
+    void check_missed_locked(std::span<pending_wait* const> candidates,
+                             std::chrono::steady_clock::time_point now);
+    /// Gives up the current configuration for the next one that delivers.
+    void demote_locked(std::chrono::steady_clock::time_point now, const std::string& why);
     /// Watches the words of the waits that sleep on doorbells; a word that changed since a
     /// wait read it makes that wait due now.
     void update_watch_locked(std::chrono::steady_clock::time_point now);
@@ -386,10 +488,14 @@ private:
     // Doorbells.
     bool mode_chosen_ = false;
     pid_t mode_pid_ = 0;
-    wake_mode mode_ = wake_mode::polling;
+    wake_config config_ = wake_config::polling;
     std::string mode_reason_;
     std::unique_ptr<doorbell_watcher> watcher_;
     std::vector<watched_word> watched_;
+    bool watch_complete_ = false; ///< the last watch() covered every word
+    wake_statistics stats_;
+    unsigned bad_streak_ = 0; ///< late or missed deliveries since the last timely one
+    std::string streak_what_; ///< what they were
     // Scratch space of run_pass, kept to avoid allocating on every pass.
     std::vector<pending_wait*> candidates_;
     std::vector<unsigned short> raw_;
@@ -401,9 +507,10 @@ private:
 /// is not supported (it would pass for its parent).
 pid_t this_process() noexcept;
 
-/// The watchers of the two doorbell modes (async/doorbell_watchers.cpp): null, with `why`, when
-/// the mode is not available here.
-std::unique_ptr<doorbell_watcher> make_uring_watcher(poll_service& service, std::string& why);
+/// The watchers (async/uring_watcher.cpp, async/thread_watcher.cpp): null, with `why`, when
+/// the configuration is not available here. `config`: uring_deferred or uring_plain.
+std::unique_ptr<doorbell_watcher> make_uring_watcher(poll_service& service, wake_config config,
+                                                     std::string& why);
 std::unique_ptr<doorbell_watcher> make_thread_watcher(poll_service& service, std::string& why);
 
 /// The typed pending wait: the completion handler and the work that keeps its executor alive.
@@ -519,10 +626,15 @@ export namespace sysv {
 inline wake_mode wake_mode_of(boost::asio::execution_context& context) {
     return boost::asio::use_service<detail::poll_service>(context).mode();
 }
-/// Why the waits of `context` are not woken by a better mode than wake_mode_of() (empty when
-/// they are woken by io_uring, the best).
+/// Why the waits of `context` are not woken by a better configuration than the one in use
+/// (empty when they are woken by the fastest: see wake_mode).
 inline std::string wake_mode_reason(boost::asio::execution_context& context) {
     return boost::asio::use_service<detail::poll_service>(context).mode_reason();
+}
+/// The mode, configuration, reason and delivery counters of `context`'s waits (chosen now if
+/// none yet). For tools and benchmarks: a row says which configuration it ran with.
+inline wake_status wake_status_of(boost::asio::execution_context& context) {
+    return boost::asio::use_service<detail::poll_service>(context).status();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,34 +1,47 @@
-// sysv.async: how a poll service waits on doorbell words without polling.
+// sysv.async: the io_uring doorbell watcher, and the start-up check of its configurations.
 //
-//  * uring_watcher: one io_uring per poll service (per execution context). Its FUTEX_WAITV
-//    requests (up to 128 words each) complete when a word changes. An eventfd registered with
-//    the ring is watched by the context like any other descriptor, so no thread blocks and
-//    nothing polls. The ring defers its completions (IORING_SETUP_DEFER_TASKRUN): a release
-//    in another process signals the eventfd from its own FUTEX_WAKE, so the context's
-//    epoll_wait returns at once (a plain ring would first interrupt it, EINTR, to run the
-//    completion in this thread, then report it on a second epoll_wait). Whether a word changed
-//    is read in the words themselves: the woken waits' pass (semop and handlers) runs first,
-//    the ring's completions are reaped after it (io_uring_enter runs them), off the path of
-//    the wake. Such a ring accepts io_uring_enter from one thread only: the first thread that
-//    watches becomes its issuer, and a context whose passes run on several threads gets a
-//    plain ring instead at the first pass on another thread.
-//    Requests are submitted from the service's passes (the context's threads). No word to
-//    watch: every request is cancelled and the eventfd is not waited on, so run() returns as
-//    it would without us.
-//  * thread_watcher: one helper thread per process, blocked in futex_waitv on the words of every
-//    service (at most 127, plus its own control word), which posts to the services whose words
-//    changed.
+// One io_uring per poll service (per execution context). Its FUTEX_WAITV requests (up to 128
+// words each) complete when a word changes. An eventfd registered with the ring is watched by
+// the context like any other descriptor, so no thread blocks and nothing polls. Requests are
+// submitted from the service's passes (the context's threads). No word to watch: every request
+// is cancelled and the eventfd is not waited on, so run() returns as it would without us.
+//
+// Two configurations (wake_config), tried in this order when their start-up check delivers:
+//  * uring_deferred: IORING_SETUP_DEFER_TASKRUN | SINGLE_ISSUER, created
+//    R_DISABLED and enabled by the first thread that watches (its issuer). A futex wake queues
+//    the completion as task work local to the ring (io_req_local_work_add) and signals the
+//    registered eventfd from there; the completion runs later, in the issuer's
+//    io_uring_enter(GETEVENTS) (reap_locked). One epoll_wait return per wake. Such a ring
+//    accepts io_uring_enter from its issuer only: a context whose passes run on several
+//    threads gets a plain ring at the first pass on another thread.
+//  * uring_plain: no setup flags. A futex wake queues task work on the submitting thread with
+//    TWA_SIGNAL, which interrupts its epoll_wait (EINTR); the task work posts the completion
+//    and that signals the eventfd; the reactor's next epoll_wait reports it.
+//
+// Why the order is checked, not assumed (kernel 6.18.44-fc-v1272, Firecracker build with
+// CONFIG_RCU_NOCB_CPU and CONFIG_RCU_LAZY, HZ 250): with uring_deferred, another process's
+// FUTEX_WAKE completed the FUTEX_WAITV, yet the eventfd became readable only 13.6-21 ms later.
+// A kernel trace (sched_waking with a stack trace) shows who woke the waiting epoll_wait:
+// eventfd_signal_mask <- io_eventfd_do_signal <- rcu_do_batch <- rcu_core (softirq), i.e.
+// io_uring's __io_eventfd_signal() took its deferred branch, call_rcu_hurry(...,
+// io_eventfd_do_signal), and the signal waited for an RCU grace period. The plain ring on the
+// same kernel delivered in ~50 us (its eventfd is signalled by the woken thread itself, when
+// its task work posts the completion). No other deferring setup delivers to a thread asleep in
+// epoll_wait: the ring's descriptor is not readable until the task work runs (only its issuer
+// can run it), IORING_REGISTER_EVENTFD_ASYNC signals from io-wq workers only, and a wake of
+// the issuer (wake_up_state) happens only while it waits in io_uring_enter itself. Hence the
+// start-up check (probe_ring) and the running check in the poll service: a configuration is
+// used only while it delivers within wake_delivery_bound.
 module;
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/error.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
-#include <boost/asio/post.hpp>
 
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <linux/io_uring.h>
-#include <pthread.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -43,9 +56,9 @@ module;
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -62,7 +75,6 @@ namespace asio = boost::asio;
 // Linux >= 6.7; the uapi headers of older distributions do not name them.
 constexpr std::uint8_t op_futex_waitv = 53;
 constexpr std::uint32_t futex2_size_u32 = 0x02;
-constexpr std::uint32_t futex2_private = 128;
 constexpr std::size_t max_words_per_request = 128;
 
 std::string errno_text(const char* what) {
@@ -253,10 +265,126 @@ private:
 
 constexpr std::uint64_t cancel_tag = ~std::uint64_t(0);
 
+unsigned setup_flags(wake_config config) noexcept {
+    return config == wake_config::uring_deferred
+               ? IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED
+               : 0u;
+}
+
+/// A ring of `config` that signals `event_fd`: set up, probed for FUTEX_WAITV, the eventfd
+/// registered. A deferring ring is left disabled (ring::enable() makes the caller its issuer).
+std::unique_ptr<ring> open_ring(wake_config config, int event_fd, std::string& why) {
+    auto queue = std::make_unique<ring>();
+    if (!queue->setup(64, setup_flags(config), why) || !queue->supports_futex_waitv(why) ||
+        !queue->register_eventfd(event_fd, why))
+        return nullptr;
+    return queue;
+}
+
+/// Submits one FUTEX_WAITV request on `words` (kept alive by the caller until it ends).
+bool submit_waitv(ring& queue, std::vector<futex_waitv>& words, std::uint64_t tag) {
+    io_uring_sqe* sqe = queue.next_entry();
+    if (sqe == nullptr)
+        return false;
+    sqe->opcode = op_futex_waitv;
+    sqe->addr = reinterpret_cast<std::uintptr_t>(words.data());
+    sqe->len = static_cast<std::uint32_t>(words.size());
+    sqe->user_data = tag;
+    return true;
+}
+
+std::int64_t monotonic_ns() noexcept {
+    timespec t{};
+    ::clock_gettime(CLOCK_MONOTONIC, &t);
+    return static_cast<std::int64_t>(t.tv_sec) * 1'000'000'000 + t.tv_nsec;
+}
+
 } // namespace
 
 // ---------------------------------------------------------------------------------------------
-// io_uring
+// The start-up check
+// ---------------------------------------------------------------------------------------------
+
+delivery_check probe_ring(wake_config config) {
+    // A word in shared memory (a shared futex, as the doorbell words in their System V
+    // segment: both are shmem), changed and woken by another thread while this one waits on
+    // the eventfd in poll(), as a context's thread waits in epoll_wait.
+    void* page = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED)
+        return {false, errno_text("mmap of the check's word")};
+    struct unmap {
+        void* p;
+        ~unmap() { ::munmap(p, 4096); }
+    } unmap_page{page};
+    auto* word = static_cast<std::uint32_t*>(page);
+    constexpr int attempts = 2;
+    constexpr auto waker_pause = std::chrono::microseconds(300); // the waiter is asleep by then
+    const auto bound_ns = std::chrono::nanoseconds(wake_delivery_bound).count();
+    std::string late;
+    for (int attempt = 0; attempt < attempts; ++attempt) {
+        const int event_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (event_fd < 0)
+            return {false, errno_text("eventfd")};
+        struct close_fd {
+            int fd;
+            ~close_fd() { ::close(fd); }
+        } closer{event_fd};
+        std::string why;
+        auto queue = open_ring(config, event_fd, why);
+        if (!queue || (config == wake_config::uring_deferred && !queue->enable(why)))
+            return {false, why};
+        std::vector<futex_waitv> v(1);
+        v[0].val = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+        v[0].uaddr = reinterpret_cast<std::uintptr_t>(word);
+        v[0].flags = futex2_size_u32;
+        if (!submit_waitv(*queue, v, 1) || !queue->submit(why))
+            return {false, why.empty() ? "io_uring: no room to submit" : why};
+        std::atomic<std::int64_t> rung_at{0};
+        std::thread waker;
+        try {
+            waker = std::thread([&] {
+                std::this_thread::sleep_for(waker_pause);
+                rung_at.store(monotonic_ns(), std::memory_order_release);
+                __atomic_add_fetch(word, 2, __ATOMIC_SEQ_CST);
+                ::syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+            });
+        } catch (const std::exception& e) {
+            return {false, std::string("cannot start a thread to check with: ") + e.what()};
+        }
+        // Wait until the eventfd is readable or the bound has passed since the wake.
+        std::int64_t arrived = 0;
+        const std::int64_t started = monotonic_ns();
+        for (;;) {
+            const std::int64_t now = monotonic_ns();
+            const std::int64_t rung = rung_at.load(std::memory_order_acquire);
+            const std::int64_t limit =
+                rung != 0 ? rung + bound_ns : started + bound_ns + 1'000'000'000;
+            if (now >= limit)
+                break;
+            pollfd p{event_fd, POLLIN, 0};
+            const int n = ::poll(&p, 1, static_cast<int>((limit - now) / 1'000'000) + 1);
+            if (n > 0) {
+                arrived = monotonic_ns();
+                break;
+            }
+            if (n < 0 && errno != EINTR)
+                break;
+        }
+        waker.join();
+        const std::int64_t rung = rung_at.load(std::memory_order_acquire);
+        if (arrived != 0 && arrived - rung <= bound_ns)
+            return {true, "delivered in " + std::to_string((arrived - rung) / 1000) + " us"};
+        late += late.empty() ? "" : ", ";
+        late += arrived != 0 ? std::to_string((arrived - rung) / 1000) + " us"
+                             : "not within " + std::to_string(wake_delivery_bound.count()) + " ms";
+        // Closing the ring (at the end of the scope) ends its request.
+    }
+    return {false, "a FUTEX_WAKE by another thread reached its eventfd: " + late +
+                       " (trusted within " + std::to_string(wake_delivery_bound.count()) + " ms)"};
+}
+
+// ---------------------------------------------------------------------------------------------
+// The watcher
 // ---------------------------------------------------------------------------------------------
 
 class uring_watcher final : public doorbell_watcher {
@@ -273,39 +401,35 @@ public:
         }
     }
 
-    bool open(std::string& why) {
+    bool open(wake_config config, std::string& why) {
         auto& st = *state_;
         st.event_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (st.event_fd < 0) {
             why = errno_text("eventfd");
             return false;
         }
-        // Disabled until the first watch(), whose thread becomes the ring's issuer.
-        std::string deferred_why;
-        if (open_ring(st,
-                      IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
-                          IORING_SETUP_R_DISABLED,
-                      deferred_why)) {
-            st.deferred = true;
-        } else if (!open_ring(st, 0, why)) { // before Linux 6.1: a ring that runs its completions
+        // A deferring ring stays disabled until the first watch(), whose thread becomes its
+        // issuer.
+        if (!(st.queue = open_ring(config, st.event_fd, why)))
             return false;
-        }
+        st.deferred = config == wake_config::uring_deferred;
         st.owner_pid = this_process();
         return true;
     }
 
-    void watch(const std::vector<watched_word>& words) override {
+    bool watch(const std::vector<watched_word>& words) override {
         auto& st = *state_;
         std::lock_guard lock(st.mutex);
         if (st.owner_pid != this_process())
-            return; // a forked child: the ring's queues are the parent's (notify_fork replaces us)
+            return false; // a forked child: the ring's queues are the parent's (notify_fork
+                          // replaces us)
         if (!issuer_locked(st))
-            return; // no ring: the waits rely on their backstop polls
+            return false; // no ring: the waits rely on their backstop polls (see failure())
         if (words == st.words && st.armed > 0) {
             // Already waiting on exactly these; heard, unless a handler that threw out of the
             // last completion's pass left nobody waiting for the eventfd.
             wait_for_completions(state_);
-            return;
+            return st.covered;
         }
         // Cancel what is armed: its completions carry an old generation and are ignored.
         if (st.armed > 0) {
@@ -319,11 +443,27 @@ public:
         }
         st.words = words;
         arm_locked(state_);
+        return st.covered;
+    }
+
+    bool delivery_pending() override {
+        pollfd p{state_->event_fd, POLLIN, 0};
+        return ::poll(&p, 1, 0) > 0;
+    }
+
+    wake_config config() const override {
+        std::lock_guard lock(state_->mutex);
+        return state_->deferred ? wake_config::uring_deferred : wake_config::uring_plain;
+    }
+
+    std::string failure() const override {
+        std::lock_guard lock(state_->mutex);
+        return state_->failure;
     }
 
 private:
     struct state {
-        std::mutex mutex;
+        mutable std::mutex mutex;
         poll_service* service = nullptr;
         std::unique_ptr<ring> queue;
         bool deferred = false; ///< IORING_SETUP_DEFER_TASKRUN: one issuer thread
@@ -334,7 +474,9 @@ private:
         std::optional<asio::posix::stream_descriptor> descriptor;
         bool waiting = false;
         std::uint64_t generation = 0;
-        unsigned armed = 0; ///< requests of the current generation in flight
+        unsigned armed = 0;   ///< requests of the current generation in flight
+        bool covered = false; ///< every word of `words` is in an armed request
+        std::string failure;  ///< why this watcher cannot watch any more
         std::vector<watched_word> words;
         std::vector<std::vector<futex_waitv>> vectors; ///< kept until the requests end
         ~state() {
@@ -343,16 +485,6 @@ private:
         }
     };
 
-    /// Replaces st.queue with a new ring (IORING_SETUP_* `flags`) that signals st.event_fd.
-    static bool open_ring(state& st, unsigned flags, std::string& why) {
-        auto queue = std::make_unique<ring>();
-        if (!queue->setup(64, flags, why) || !queue->supports_futex_waitv(why) ||
-            !queue->register_eventfd(st.event_fd, why))
-            return false;
-        st.queue = std::move(queue); // closing the previous ring cancels its requests
-        return true;
-    }
-
     static pid_t this_thread() noexcept {
         thread_local const pid_t tid = static_cast<pid_t>(::syscall(SYS_gettid));
         return tid;
@@ -360,22 +492,34 @@ private:
 
     /// Whether this thread may use the ring: the first thread of a deferred ring becomes its
     /// issuer; another thread replaces it with a plain ring (a context run by several threads),
-    /// whose requests are armed again.
+    /// if plain rings deliver here, whose requests are armed again.
     static bool issuer_locked(state& st) {
+        if (!st.failure.empty())
+            return false;
         if (!st.deferred)
             return true;
         std::string why;
         if (!st.enabled) {
-            if (!st.queue->enable(why))
+            if (!st.queue->enable(why)) {
+                st.failure = "the deferring ring cannot be enabled: " + why;
                 return false;
+            }
             st.enabled = true;
             st.issuer = this_thread();
             return true;
         }
         if (st.issuer == this_thread())
             return true;
-        if (!open_ring(st, 0, why))
-            return false; // out of descriptors or memory: the waits rely on their backstop polls
+        const auto plain = check_delivery(wake_config::uring_plain);
+        std::unique_ptr<ring> queue;
+        if (!plain.delivered || !(queue = open_ring(wake_config::uring_plain, st.event_fd, why))) {
+            st.failure = "the context runs on several threads, which a deferring ring does not "
+                         "allow, and a plain ring " +
+                         (plain.delivered ? "cannot be made: " + why
+                                          : "does not deliver here: " + plain.what);
+            return false;
+        }
+        st.queue = std::move(queue); // closing the deferring ring cancels its requests
         st.deferred = false;
         st.armed = 0; // the caller arms st.words again
         return true;
@@ -396,19 +540,19 @@ private:
             }
             st.vectors.push_back(std::move(v));
         }
+        st.covered = true;
         for (auto& v : st.vectors) {
-            io_uring_sqe* sqe = st.queue->next_entry();
-            if (sqe == nullptr)
-                break; // the rest rely on the backstop polls until the next watch()
-            sqe->opcode = op_futex_waitv;
-            sqe->addr = reinterpret_cast<std::uintptr_t>(v.data());
-            sqe->len = static_cast<std::uint32_t>(v.size());
-            sqe->user_data = st.generation;
+            if (!submit_waitv(*st.queue, v, st.generation)) {
+                st.covered = false; // the rest rely on the backstop polls until the next watch()
+                break;
+            }
             ++st.armed;
         }
         std::string why;
-        if (!st.queue->submit(why))
+        if (!st.queue->submit(why)) {
             st.armed = 0;
+            st.covered = st.words.empty();
+        }
         if (st.armed > 0)
             wait_for_completions(stp);
         else if (st.descriptor && st.waiting) {
@@ -460,16 +604,28 @@ private:
 
     static void completed(const std::shared_ptr<state>& st, const boost::system::error_code& ec) {
         poll_service* service = nullptr;
+        wake_config config{};
         {
             std::lock_guard lock(st->mutex);
             st->waiting = false;
             if (st->service == nullptr || ec == asio::error::operation_aborted)
                 return;
             service = st->service;
+            config = st->deferred ? wake_config::uring_deferred : wake_config::uring_plain;
+        }
+        // A test hook: a ring whose deliveries vanish. Its completions are consumed and
+        // nothing is armed again until the service watches other values.
+        if (deliveries_swallowed(config)) {
+            std::lock_guard lock(st->mutex);
+            if (st->service != nullptr && st->owner_pid == this_process() && issuer_locked(*st))
+                reap_locked(*st);
+            return;
         }
         // The woken waits first: the words tell which changed, so their pass (semop) and
         // handlers do not wait for the completions to be reaped. The pass's watch() replaces
-        // the requests if the words to watch changed.
+        // the requests if the words to watch changed. (A test hook may delay this.)
+        if (const auto delay = delivery_delay(config); delay.count() > 0)
+            std::this_thread::sleep_for(delay);
         service->on_doorbell();
         std::lock_guard lock(st->mutex);
         if (st->service == nullptr || st->owner_pid != this_process() || !issuer_locked(*st))
@@ -484,145 +640,12 @@ private:
     std::shared_ptr<state> state_;
 };
 
-std::unique_ptr<doorbell_watcher> make_uring_watcher(poll_service& service, std::string& why) {
+std::unique_ptr<doorbell_watcher> make_uring_watcher(poll_service& service, wake_config config,
+                                                     std::string& why) {
     auto watcher = std::make_unique<uring_watcher>(service);
-    if (!watcher->open(why))
+    if (!watcher->open(config, why))
         return nullptr;
     return watcher;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Helper thread
-// ---------------------------------------------------------------------------------------------
-
-namespace {
-
-/// The process's helper thread and what it watches for each service.
-class thread_hub {
-public:
-    static thread_hub& instance() {
-        static thread_hub* hub = [] {
-            auto* h = new thread_hub; // never destroyed: the thread outlives main()
-            // fork() while the thread holds the lock would leave it locked in the child forever:
-            // hold it across fork, and let the child start afresh.
-            ::pthread_atfork([] { h_->mutex_.lock(); }, [] { h_->mutex_.unlock(); },
-                             [] { h_->mutex_.unlock(); });
-            return h;
-        }();
-        return *hub;
-    }
-
-    /// Whether futex_waitv exists here (Linux >= 5.16).
-    static bool available(std::string& why) {
-        if (::syscall(__NR_futex_waitv, nullptr, 0, 0, nullptr, CLOCK_MONOTONIC) == -1 &&
-            errno == ENOSYS) {
-            why = "futex_waitv is not available (Linux >= 5.16 has it)";
-            return false;
-        }
-        return true;
-    }
-
-    void set(poll_service* service, asio::any_io_executor ex, std::vector<watched_word> words) {
-        std::lock_guard lock(mutex_);
-        start_locked();
-        auto [it, added] = services_.try_emplace(service);
-        auto& e = it->second;
-        if (!added && e.words == words)
-            return; // the thread already waits on exactly these (every pass watches again)
-        e.executor = std::move(ex);
-        e.words = std::move(words);
-        changed_locked();
-    }
-
-    void remove(poll_service* service) {
-        std::lock_guard lock(mutex_);
-        if (services_.erase(service) > 0)
-            changed_locked();
-    }
-
-private:
-    thread_hub() { h_ = this; }
-    static inline thread_hub* h_ = nullptr;
-
-    struct entry {
-        asio::any_io_executor executor;
-        std::vector<watched_word> words;
-    };
-
-    void start_locked() {
-        if (thread_pid_ == this_process())
-            return;
-        // First use, or a forked child (threads do not survive fork): a thread of our own.
-        services_.clear();
-        thread_pid_ = this_process();
-        std::thread([this] { run(); }).detach();
-    }
-
-    void changed_locked() {
-        __atomic_add_fetch(&control_, 1, __ATOMIC_SEQ_CST);
-        ::syscall(SYS_futex, &control_, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
-    }
-
-    [[noreturn]] void run() {
-        std::vector<futex_waitv> waitv;
-        for (;;) {
-            {
-                std::lock_guard lock(mutex_);
-                waitv.clear();
-                waitv.push_back({__atomic_load_n(&control_, __ATOMIC_SEQ_CST),
-                                 reinterpret_cast<std::uintptr_t>(&control_),
-                                 futex2_size_u32 | futex2_private, 0});
-                for (const auto& [service, e] : services_)
-                    for (const auto& w : e.words) {
-                        if (waitv.size() == FUTEX_WAITV_MAX)
-                            break; // the rest rely on the backstop polls
-                        waitv.push_back({w.expected, reinterpret_cast<std::uintptr_t>(w.word),
-                                         futex2_size_u32, 0});
-                    }
-            }
-            ::syscall(__NR_futex_waitv, waitv.data(), static_cast<unsigned>(waitv.size()), 0,
-                      nullptr, CLOCK_MONOTONIC);
-            // Woken, or a value already differed: tell every service whose words changed.
-            std::lock_guard lock(mutex_);
-            for (auto& [service, e] : services_) {
-                const bool rung = std::any_of(e.words.begin(), e.words.end(), [](const auto& w) {
-                    return __atomic_load_n(w.word, __ATOMIC_ACQUIRE) != w.expected;
-                });
-                if (rung) {
-                    e.words.clear(); // until the service watches again, after its pass
-                    asio::post(e.executor, [s = service] { s->on_doorbell(); });
-                }
-            }
-        }
-    }
-
-    std::mutex mutex_;
-    std::map<poll_service*, entry> services_;
-    std::uint32_t control_ = 0;
-    pid_t thread_pid_ = 0;
-};
-
-} // namespace
-
-class thread_watcher final : public doorbell_watcher {
-public:
-    explicit thread_watcher(poll_service& service) : service_(service) {}
-    ~thread_watcher() override { thread_hub::instance().remove(&service_); }
-
-    void watch(const std::vector<watched_word>& words) override {
-        if (!service_.executor_)
-            return;
-        thread_hub::instance().set(&service_, *service_.executor_, words);
-    }
-
-private:
-    poll_service& service_;
-};
-
-std::unique_ptr<doorbell_watcher> make_thread_watcher(poll_service& service, std::string& why) {
-    if (!thread_hub::available(why))
-        return nullptr;
-    return std::make_unique<thread_watcher>(service);
 }
 
 } // namespace sysv::detail
