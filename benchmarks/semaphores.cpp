@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <memory>
 #include <optional>
@@ -29,6 +30,8 @@
 #include <vector>
 
 import sysv;
+
+#include "wake_report.hpp"
 
 namespace asio = boost::asio;
 using bench::now_ns;
@@ -287,6 +290,7 @@ private:
 struct round_trips {
     std::vector<double> rtt; ///< us
     std::vector<char> same_cpu;
+    std::string ran_with = "-"; ///< the measuring side's wake configuration (awaitable rows)
 
     void reserve(long rounds) {
         rtt.reserve(static_cast<std::size_t>(rounds));
@@ -383,6 +387,7 @@ round_trips semaphore_pingpong(const pp_row& row, long rounds, long warmup, plac
                 rtt.add(i, warmup, start, now_ns(), block);
             }
         });
+        rtt.ran_with = bench::describe(bench::report_wake(io, row.mode));
         break;
     }
     case pp_kind::socket:
@@ -466,6 +471,7 @@ void pingpong_table(bench::context& ctx, const std::vector<pp_row>& rows, placem
 
     std::vector<std::vector<double>> pooled(rows.size()), pooled_same(rows.size()),
         pooled_split(rows.size());
+    std::vector<std::vector<std::string>> ran_with(rows.size()); // distinct, over runs
     std::vector<std::vector<bench::summary>> per_run(rows.size());
     for (int run = 0; run < runs; ++run) {
         ctx.progress(where_text + ": run " + std::to_string(run + 1) + "/" + std::to_string(runs) +
@@ -491,6 +497,9 @@ void pingpong_table(bench::context& ctx, const std::vector<pp_row>& rows, placem
                        100.0 * static_cast<double>(same) / static_cast<double>(rtt.size()), "%",
                        run_name);
             per_run[i].push_back(s);
+            if (std::find(ran_with[i].begin(), ran_with[i].end(), trips.ran_with) ==
+                ran_with[i].end())
+                ran_with[i].push_back(trips.ran_with);
             pooled[i].insert(pooled[i].end(), rtt.begin(), rtt.end());
             for (std::size_t r = 0; r < rtt.size(); ++r)
                 (trips.same_cpu[r] ? pooled_same : pooled_split)[i].push_back(rtt[r]);
@@ -509,6 +518,7 @@ void pingpong_table(bench::context& ctx, const std::vector<pp_row>& rows, placem
         headers.push_back("rounds on one CPU");
         headers.push_back("median on one CPU / on two (us)");
     }
+    headers.push_back("ran with");
     bench::table t(headers);
     for (std::size_t i = 0; i < rows.size(); ++i) {
         const auto id = rows[i].id + suffix;
@@ -543,6 +553,10 @@ void pingpong_table(bench::context& ctx, const std::vector<pp_row>& rows, placem
             ctx.record(id, "rtt_p50_same_cpu", bench::median(pooled_same[i]), "us");
             ctx.record(id, "rtt_p50_two_cpus", bench::median(pooled_split[i]), "us");
         }
+        std::string ran;
+        for (const auto& r : ran_with[i])
+            ran += (ran.empty() ? "" : "; ") + r;
+        cells.push_back(ran);
         t.add(cells);
         ctx.record(id, "rtt_p50", s.p50, "us");
         ctx.record(id, "rtt_p99", s.p99, "us");
@@ -645,6 +659,7 @@ struct wake_row {
     bool blocking;
     sysv::backoff backoff;
     std::string mode = "polling";
+    bool unchecked = false; ///< SYSV_WAKE_CHECK=off: the configuration is used without its check
 };
 
 void run_wake(bench::context& ctx) {
@@ -669,6 +684,11 @@ void run_wake(bench::context& ctx) {
                          "co_await async_acquire, doorbells via the helper thread, default "
                          "backoff{}",
                          false, sysv::backoff{}, "thread"});
+    if (mode_available("io_uring"))
+        modes.push_back({"doorbell_io_uring_deferred_unchecked",
+                         "co_await async_acquire, doorbells via io_uring, the deferring ring "
+                         "forced without its start-up check, default backoff{}",
+                         false, sysv::backoff{}, "io_uring_deferred", true});
     std::erase_if(modes, [&](const wake_row& m) { return !opt.wants(m.id); });
     if (modes.empty())
         return;
@@ -713,14 +733,18 @@ void run_wake(bench::context& ctx) {
     // samples[level][mode], in us
     std::vector<std::vector<std::vector<double>>> samples(
         levels.size(), std::vector<std::vector<double>>(mode_count));
+    std::vector<std::string> ran_with(mode_count, "-");
     {
         // One context per row: a context's wake mode is chosen at its first wait.
         std::vector<std::unique_ptr<asio::io_context>> contexts;
         std::vector<std::unique_ptr<sysv::async_semaphore_set>> async_sets;
         for (const auto& mode : modes) {
             forced_mode force(mode.mode);
+            if (mode.unchecked)
+                ::setenv("SYSV_WAKE_CHECK", "off", 1);
             contexts.push_back(std::make_unique<asio::io_context>());
             sysv::wake_mode_of(*contexts.back()); // chosen now, while forced
+            ::unsetenv("SYSV_WAKE_CHECK");
             async_sets.push_back(
                 std::make_unique<sysv::async_semaphore_set>(*contexts.back(), sems.handle()));
         }
@@ -751,12 +775,17 @@ void run_wake(bench::context& ctx) {
                     }
                     samples[l][m].push_back(us_since(load(block.stamp), resumed));
                 }
+        for (std::size_t m = 0; m < mode_count; ++m)
+            if (!modes[m].blocking)
+                ran_with[m] = bench::describe(bench::report_wake(
+                    *contexts[m],
+                    modes[m].mode == "io_uring_deferred" ? "io_uring" : modes[m].mode));
     }
     releaser.join("wake latency releaser");
     bench::watchdog(0, nullptr);
 
     bench::table t({"idle", "waiter", "p50 (us)", "p99 (us)", "max (us)", "p50 / baseline",
-                    "p99 / baseline", "samples"});
+                    "p99 / baseline", "samples", "ran with"});
     for (std::size_t l = 0; l < levels.size(); ++l) {
         const std::string idle = std::to_string(levels[l].idle.count()) + " ms";
         const auto base = bench::summarize(samples[l][0]);
@@ -765,7 +794,8 @@ void run_wake(bench::context& ctx) {
             const double r50 = have_baseline ? ratio(s.p50, base.p50) : std::nan("");
             const double r99 = have_baseline ? ratio(s.p99, base.p99) : std::nan("");
             t.add({idle, modes[m].label, bench::fmt(s.p50), bench::fmt(s.p99), bench::fmt(s.max),
-                   bench::ratio_text(r50), bench::ratio_text(r99), std::to_string(s.count)});
+                   bench::ratio_text(r50), bench::ratio_text(r99), std::to_string(s.count),
+                   ran_with[m]});
             const std::string row = modes[m].id + "_idle_" + idle.substr(0, idle.find(' ')) + "ms";
             ctx.record(row, "wake_p50", s.p50, "us");
             ctx.record(row, "wake_p99", s.p99, "us");
@@ -780,6 +810,15 @@ void run_wake(bench::context& ctx) {
                                "), p99 " + bench::fmt(s.p99) + " us (" + bench::ratio_text(r99) +
                                ")",
                            r50 <= 2.0 && r99 <= 3.0);
+            }
+            if (modes[m].id == "doorbell_thread" && have_baseline) {
+                ctx.target("wake after " + idle +
+                               " idle, doorbells via the helper thread: p50 and p99 <= 3x a "
+                               "thread blocked in semop",
+                           "p50 " + bench::fmt(s.p50) + " us (" + bench::ratio_text(r50) +
+                               "), p99 " + bench::fmt(s.p99) + " us (" + bench::ratio_text(r99) +
+                               ")",
+                           r50 <= 3.0 && r99 <= 3.0);
             }
             if (modes[m].id == "async_default") {
                 const double limit =
@@ -819,6 +858,7 @@ struct idle_result {
     double rss_delta;
     double heap_delta;
     double pending;
+    bench::wake_report wake;
 };
 
 /// Measures one row in a fresh child process (so RSS and heap start clean); the sets are
@@ -871,6 +911,7 @@ idle_result measure_idle(const idle_row& row, double settle, double seconds) {
         r.cpu_seconds = cpu1 - cpu0;
         r.wall_seconds = static_cast<double>(wall1 - wall0) / 1e9;
         r.voluntary_switches = static_cast<double>(after.ru_nvcsw - before.ru_nvcsw);
+        r.wake = bench::report_wake(io, row.mode);
         if (::write(fds[1], &r, sizeof r) != static_cast<ssize_t>(sizeof r))
             return 1;
         return 0; // exits without destroying the waits
@@ -951,7 +992,8 @@ void run_idle(bench::context& ctx) {
     bench::watchdog(0, nullptr);
 
     bench::table t({"pending waits", "backoff", "CPU (% of one core)", "wakeups/s",
-                    "CPU per wakeup (us)", "RSS delta (KiB)", "RSS bytes/wait", "heap bytes/wait"});
+                    "CPU per wakeup (us)", "RSS delta (KiB)", "RSS bytes/wait", "heap bytes/wait",
+                    "ran with"});
     for (std::size_t i = 0; i < rows.size(); ++i) {
         std::vector<double> cpu, wake, rss, heap;
         for (const auto& r : results[i]) {
@@ -965,9 +1007,13 @@ void run_idle(bench::context& ctx) {
         const double per_wakeup = w > 0 ? c / 100.0 * 1e6 / w : std::nan("");
         const double waits = rows[i].waits;
         const auto& b = rows[i].backoff;
+        std::string ran;
+        for (const auto& r : results[i])
+            if (const auto d = bench::describe(r.wake); ran.find(d) == std::string::npos)
+                ran += (ran.empty() ? "" : "; ") + d;
         t.add({rows[i].label, b.id, bench::fmt(c, 2), bench::fmt(w, 0), bench::fmt(per_wakeup, 1),
                bench::fmt(m / 1024.0, 0), waits > 0 ? bench::fmt(m / waits, 0) : "-",
-               waits > 0 ? bench::fmt(h / waits, 0) : "-"});
+               waits > 0 ? bench::fmt(h / waits, 0) : "-", ran});
         ctx.record(rows[i].id, "cpu_percent_of_core", c, "%");
         ctx.record(rows[i].id, "wakeups_per_second", w, "1/s");
         ctx.record(rows[i].id, "rss_delta", m, "bytes");

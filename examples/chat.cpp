@@ -6,7 +6,7 @@
 // per-user 0700 directory under /tmp). One io_context reads the input, awaits incoming
 // messages, looks for crashed participants and waits for signals, all at once. Lines are shown
 // as "[HH:MM:SS] name: text", your own included; joins and leaves are announced ("bob left",
-// "carol left (lost)" for a participant that crashed). Commands: /who, /help, /quit.
+// "carol left (lost)" for a participant that crashed). Commands: /who, /wake, /help, /quit.
 //
 // On a terminal (standard input and output both terminals) the input is a libedit line at the
 // bottom (see chat_terminal.hpp): messages appear above it, with editing and history, and
@@ -524,8 +524,16 @@ private:
             for (const auto& m : members)
                 names += (names.empty() ? "" : ", ") + paint(chat::sanitise(m.label));
             show("in " + settings_.room + ": " + names);
+        } else if (line == "/wake") {
+            const auto status = sysv::wake_status_of(io_);
+            show("woken by " + status.configuration + ": " +
+                 std::to_string(status.stats.delivered) + " deliveries, " +
+                 std::to_string(status.stats.late) + " late, " +
+                 std::to_string(status.stats.missed) + " missed" +
+                 (status.reason.empty() ? "" : " (" + chat::sanitise(status.reason) + ")"));
         } else if (line == "/help") {
             show("/who    who is in the room");
+            show("/wake   how this process is woken when a message comes");
             show("/quit   leave the room (also Ctrl-D, or Ctrl-C)");
             show("/help   this list");
             show("//text  sends /text");
