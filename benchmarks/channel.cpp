@@ -590,13 +590,13 @@ void run_latency(bench::context& ctx, int runs) {
                ran_with[i]});
     }
     if (!samples[0].empty() && !samples[1].empty()) {
-        const auto base = bench::summarize(samples[0]);
-        const auto s = bench::summarize(samples[1]);
+        const auto channel = bench::summarize(samples[1]);
         ctx.target("lone 64-byte channel message: p50 <= 1x and p99 <= 2x message_queue's",
-                   "p50 " + bench::fmt(s.p50) + " us (" + bench::ratio_text(s.p50 / base.p50) +
-                       "), p99 " + bench::fmt(s.p99) + " us (" +
-                       bench::ratio_text(s.p99 / base.p99) + ")",
-                   s.p50 <= base.p50 && s.p99 <= 2.0 * base.p99);
+                   "p50 " + bench::fmt(channel.p50) + " us (" +
+                       bench::ratio_text(channel.p50 / base.p50) + "), p99 " +
+                       bench::fmt(channel.p99) + " us (" +
+                       bench::ratio_text(channel.p99 / base.p99) + ")",
+                   channel.p50 <= base.p50 && channel.p99 <= 2.0 * base.p99);
     }
     if (!t.empty())
         ctx.print("One-way latency of a lone 64-byte message between two processes", t,

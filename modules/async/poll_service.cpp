@@ -4,6 +4,7 @@ module;
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/error.hpp>
 #include <boost/asio/execution.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -467,8 +468,14 @@ void poll_service::start(pending_wait* w, const asio::any_io_executor& ex) {
         w->interval = pause;
         w->due = rung_meanwhile ? now : now + pause;
     }
-    if (w->on_doorbell)
-        update_watch_locked(now);
+    if (w->on_doorbell) {
+        // Watched from here only on a thread that runs the context (a deferring ring takes the
+        // first thread that watches as its only issuer); from any other, by a pass.
+        if (runs_context_here())
+            update_watch_locked(now);
+        else
+            post_pass_locked();
+    }
     // A new wait can only make the timer's next tick earlier: no need to look at the others.
     std::optional<clock::time_point> earliest;
     if (w->sleeping)
@@ -477,6 +484,11 @@ void poll_service::start(pending_wait* w, const asio::any_io_executor& ex) {
         earliest = w->deadline;
     if (earliest)
         arm_timer_at_locked(earliest);
+}
+
+bool poll_service::runs_context_here() const {
+    const auto* io = executor_->target<asio::io_context::executor_type>();
+    return io != nullptr && io->running_in_this_thread();
 }
 
 void poll_service::cancel(pending_wait* w) {

@@ -362,10 +362,13 @@ wake_mode mode_of(wake_config config) noexcept;
 /// another thread of this process on a shared word reached a waiter through `config` within
 /// wake_delivery_bound, and what was seen. Run once per process and configuration (the
 /// verdict is kept, also across fork: the kernel is the same); blocks the caller for about a
-/// millisecond when it delivers, about 11 ms when it does not.
+/// millisecond when it delivers, about 11 ms when it does not. A measured failure is also
+/// remembered in the user's doorbell table until the next boot, and later processes skip that
+/// check (doorbell_table::failed_check).
 struct delivery_check {
     bool delivered = false;
-    std::string what; ///< "delivered in 40 us" or why not
+    std::string what;      ///< "delivered in 40 us" or why not
+    bool measured = false; ///< a failure that was measured (late or absent), not a setup error
 };
 delivery_check check_delivery(wake_config config);
 /// The checks themselves, uncached (async/uring_watcher.cpp, async/thread_watcher.cpp).
@@ -467,6 +470,8 @@ private:
     /// wait read it makes that wait due now.
     void update_watch_locked(std::chrono::steady_clock::time_point now);
 
+    /// Whether the calling thread runs the service's context (an io_context's run()).
+    bool runs_context_here() const;
     void link(pending_wait* w);
     void unlink(pending_wait* w);
     void post_pass_locked();

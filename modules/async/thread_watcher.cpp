@@ -148,8 +148,10 @@ public:
             }
         }
         ::munmap(page, 4096);
-        if (!result.delivered && result.what.empty())
+        if (!result.delivered && result.what.empty()) {
             result.what = "a FUTEX_WAKE by another thread reached the helper thread: " + late;
+            result.measured = true;
+        }
         return result;
     }
 

@@ -379,8 +379,10 @@ delivery_check probe_ring(wake_config config) {
                              : "not within " + std::to_string(wake_delivery_bound.count()) + " ms";
         // Closing the ring (at the end of the scope) ends its request.
     }
-    return {false, "a FUTEX_WAKE by another thread reached its eventfd: " + late +
-                       " (trusted within " + std::to_string(wake_delivery_bound.count()) + " ms)"};
+    return {false,
+            "a FUTEX_WAKE by another thread reached its eventfd: " + late + " (trusted within " +
+                std::to_string(wake_delivery_bound.count()) + " ms)",
+            true};
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ module;
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -69,8 +70,20 @@ delivery_check check_delivery(wake_config config) {
     auto& c = cache();
     std::lock_guard lock(c.mutex); // one check at a time: they measure the machine
     auto& verdict = c.verdicts[static_cast<std::size_t>(config)];
-    if (!verdict)
+    if (verdict)
+        return *verdict;
+    const auto index = static_cast<unsigned>(config);
+    doorbell_table* table = doorbell_table::get();
+    if (const auto pid = table != nullptr ? table->failed_check(index) : std::nullopt)
+        verdict = delivery_check{false,
+                                 "it failed in process " + std::to_string(*pid) +
+                                     " of this user since boot (remembered in the doorbell "
+                                     "table; remove_doorbell_table() forgets it)",
+                                 true};
+    else
         verdict = config == wake_config::helper_thread ? probe_helper_thread() : probe_ring(config);
+    if (!verdict->delivered && verdict->measured && table != nullptr)
+        table->record_failed_check(index);
     return *verdict;
 }
 

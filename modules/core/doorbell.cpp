@@ -6,6 +6,7 @@ module;
 #include <sys/shm.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/utsname.h>
 
 #include <linux/futex.h>
 
@@ -13,6 +14,7 @@ module;
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -192,6 +194,58 @@ std::uint32_t doorbell_clock_us() noexcept {
 
 std::uint64_t doorbell_table::stamp_of(const std::uint32_t* word) noexcept {
     return __atomic_load_n(stamp_slot(word), __ATOMIC_ACQUIRE);
+}
+
+namespace {
+
+/// 24 bits that change with every boot (and kernel): 0 when they cannot be read.
+std::uint64_t boot_tag() noexcept {
+    static const std::uint64_t tag = [] {
+        char id[64] = {};
+        const int fd = ::open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return std::uint64_t{0};
+        const ssize_t n = ::read(fd, id, sizeof id - 1);
+        ::close(fd);
+        if (n <= 0)
+            return std::uint64_t{0};
+        utsname u{};
+        ::uname(&u);
+        std::uint64_t h = 14695981039346656037ull; // FNV-1a
+        for (const char* p : {static_cast<const char*>(id), static_cast<const char*>(u.release)})
+            for (; *p != '\0'; ++p)
+                h = (h ^ static_cast<unsigned char>(*p)) * 1099511628211ull;
+        return (h >> 40) | 1u; // never 0
+    }();
+    return tag;
+}
+
+} // namespace
+
+std::optional<pid_t> doorbell_table::failed_check(unsigned config) const noexcept {
+    const auto* word = reinterpret_cast<const std::uint64_t*>(base_ + 16);
+    const std::uint64_t v = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    const std::uint64_t tag = boot_tag();
+    if (tag == 0 || config >= 8 || (v >> 40) != tag || ((v >> config) & 1u) == 0)
+        return std::nullopt;
+    return static_cast<pid_t>((v >> 8) & 0xffffffffu);
+}
+
+void doorbell_table::record_failed_check(unsigned config) noexcept {
+    const std::uint64_t tag = boot_tag();
+    if (tag == 0 || config >= 8)
+        return;
+    auto* word = reinterpret_cast<std::uint64_t*>(base_ + 16);
+    std::uint64_t old = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    for (;;) {
+        const std::uint64_t bits = ((old >> 40) == tag ? old & 0xffu : 0u) | (1u << config);
+        const std::uint64_t next =
+            (tag << 40) |
+            (static_cast<std::uint64_t>(static_cast<std::uint32_t>(::getpid())) << 8) | bits;
+        if (__atomic_compare_exchange_n(word, &old, next, false, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            return;
+    }
 }
 
 std::optional<std::uint32_t> doorbell_rung_ago(const std::uint32_t* word,

@@ -764,6 +764,15 @@ public:
     /// The stamp of the word at `word` (see the class comment), read atomically.
     static std::uint64_t stamp_of(const std::uint32_t* word) noexcept;
 
+    /// Wake configurations (0..7) whose start-up delivery check failed in a process of this
+    /// user since the machine booted: bytes 16..23 of the header hold one 64-bit word, a
+    /// 24-bit tag of the boot (boot_id and kernel release), the pid that last recorded a
+    /// failure, and one bit per configuration. A later process skips those checks (each costs
+    /// it about 10 ms); a wrong bit only makes it use a slower configuration that delivers.
+    /// The pid that recorded `config`'s failure, or nothing.
+    std::optional<pid_t> failed_check(unsigned config) const noexcept;
+    void record_failed_check(unsigned config) noexcept;
+
 private:
     doorbell_table(std::byte* base, int segment_id) noexcept
         : base_(base), segment_id_(segment_id) {}
