@@ -27,15 +27,17 @@ inline wake_report report_wake(boost::asio::execution_context& context, std::str
     return r;
 }
 
-/// "io_uring ring + eventfd", with what went wrong: "**helper thread (futex_waitv), not
-/// io_uring**", ", demoted 1x", " (late 3 of 200 deliveries, missed 1)".
+/// "io_uring ring + eventfd, 640 deliveries", with what went wrong: "**helper thread
+/// (futex_waitv), ..., not io_uring**", ", demoted 1x", " (late 3, missed 1)". The counts are
+/// those of the context at its end: after a demotion, of every configuration it ran with.
 inline std::string describe(const wake_report& r) {
     std::string text = r.configuration;
+    if (std::string_view(r.configuration) != "polling" && std::string_view(r.configuration) != "-")
+        text += ", " + std::to_string(r.delivered) + " deliveries";
     if (r.demotions > 0)
         text += ", demoted " + std::to_string(r.demotions) + "x";
     if (r.late > 0 || r.missed > 0)
-        text += " (late " + std::to_string(r.late) + " of " + std::to_string(r.delivered) +
-                " deliveries, missed " + std::to_string(r.missed) + ")";
+        text += " (late " + std::to_string(r.late) + ", missed " + std::to_string(r.missed) + ")";
     if (!r.as_asked)
         text = "**" + text + ", not " + r.asked + "**";
     return text;

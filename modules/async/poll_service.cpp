@@ -232,11 +232,10 @@ void poll_service::judge_delivery_locked(clock::time_point now, bool bad, const 
         return;
     }
     ++bad_streak_;
-    streak_what_ += (streak_what_.empty() ? "" : ", ") + what;
+    streak_what_ += (streak_what_.empty() ? "" : "; ") + what;
     if (bad_streak_ >= wake_demotion_streak)
-        demote_locked(now, std::to_string(bad_streak_) + " wakes in a row were not delivered in " +
-                               std::to_string(wake_delivery_bound.count()) +
-                               " ms: " + streak_what_);
+        demote_locked(now, std::to_string(bad_streak_) +
+                               " wakes in a row late or missed: " + streak_what_);
 }
 
 void poll_service::demote_locked(clock::time_point now, const std::string& why) {
@@ -606,14 +605,16 @@ void poll_service::check_missed_locked(std::span<pending_wait* const> candidates
                 if (w->words[k] != nullptr && w->seen[k] != w->expected[k])
                     if (const auto ago = doorbell_rung_ago(w->words[k], w->expected[k]))
                         oldest_us = std::max(oldest_us.value_or(0), *ago);
-    if (!oldest_us || std::chrono::microseconds(*oldest_us) <= wake_delivery_bound ||
+    const auto miss_age = watcher_->config() == wake_config::helper_thread
+                              ? std::chrono::milliseconds(wake_delivery_bound)
+                              : wake_miss_age;
+    if (!oldest_us || std::chrono::microseconds(*oldest_us) <= miss_age ||
         watcher_->delivery_pending())
         return;
     ++stats_.missed;
     judge_delivery_locked(now, true,
-                          "found by a poll " + std::to_string(*oldest_us / 1000) + "." +
-                              std::to_string(*oldest_us % 1000 / 100) +
-                              " ms after the ring, not delivered");
+                          "not delivered, found by a poll " + std::to_string(*oldest_us / 1000) +
+                              "." + std::to_string(*oldest_us % 1000 / 100) + " ms after the ring");
 }
 
 void poll_service::run_pass() {

@@ -209,9 +209,10 @@ export namespace sysv {
 /// only after an RCU grace period, tens of milliseconds later). Configurations are tried from
 /// the fastest (deferring ring, plain ring, helper thread); each refusal is recorded in
 /// wake_mode_reason(). The check goes on while the context runs: a delivery that reaches it
-/// more than wake_delivery_bound after the ring, or a rung word that only a backstop poll
-/// found, is counted (wake_status); wake_demotion_streak of them in a row, with no timely
-/// delivery in between, demote the context to the next configuration, and the reason says why.
+/// more than wake_delivery_bound after the ring, or a rung word that a backstop poll found
+/// more than wake_miss_age after its ring with no delivery on its way, is counted
+/// (wake_status); wake_demotion_streak of them in a row, with no timely delivery in between,
+/// demote the context to the next configuration, and the reason says why.
 /// (On the helper thread, only missed deliveries demote: a late one can be this context's own
 /// busy thread.) A wrong configuration thus costs a few backstop periods, never silently.
 ///
@@ -229,6 +230,12 @@ std::string_view to_string(wake_mode mode) noexcept;
 /// configuration whose start-up check does not deliver within it is not used. A healthy
 /// delivery takes tens of microseconds; the failures this guards against take milliseconds.
 inline constexpr std::chrono::milliseconds wake_delivery_bound{5};
+/// A rung word that a backstop poll finds this long after its ring, with no delivery on its
+/// way (a ring's eventfd readable), is a missed delivery: a ring's delivery does not wait for
+/// the context's thread to be idle (its task work runs at the thread's next return from the
+/// kernel), so a healthy one is never that late. For the helper thread, which may wait for a
+/// CPU before it can post, wake_delivery_bound.
+inline constexpr std::chrono::milliseconds wake_miss_age{1};
 /// Late or missed deliveries in a row (no timely one in between) that demote a context.
 inline constexpr unsigned wake_demotion_streak = 3;
 
