@@ -226,7 +226,8 @@ enum class wake_mode { io_uring, helper_thread, polling };
 /// "io_uring", "helper_thread" or "polling".
 std::string_view to_string(wake_mode mode) noexcept;
 
-/// A delivery later than this after its ring (the releaser's FUTEX_WAKE) counts as late; a
+/// A delivery later than this after its ring (the releaser's FUTEX_WAKE), not explained by
+/// the time the context's thread spent busy or waiting for a CPU meanwhile, counts as late; a
 /// configuration whose start-up check does not deliver within it is not used. A healthy
 /// delivery takes tens of microseconds; the failures this guards against take milliseconds.
 inline constexpr std::chrono::milliseconds wake_delivery_bound{5};
@@ -242,7 +243,13 @@ inline constexpr unsigned wake_demotion_streak = 3;
 /// What a context's waits have heard so far (counters since the context's first wait).
 struct wake_statistics {
     std::uint64_t delivered = 0; ///< deliveries that found a rung word (each wakes >= 1 wait)
-    std::uint64_t late = 0;      ///< deliveries more than wake_delivery_bound after their ring
+    /// Deliveries more than wake_delivery_bound after their ring while this context's thread
+    /// slept: the mechanism's lateness.
+    std::uint64_t late = 0;
+    /// Deliveries as late, but by the time this context's thread spent running other handlers
+    /// or waiting for a CPU since it began to sleep (read from /proc/thread-self/schedstat): a
+    /// busy context or machine, not a late mechanism; they never demote.
+    std::uint64_t late_busy = 0;
     std::uint64_t missed = 0;    ///< rung words found by a backstop poll, not delivered in time
     std::uint64_t demotions = 0; ///< configurations given up while running
 };
@@ -347,6 +354,13 @@ struct pending_wait {
     std::array<std::uint32_t, 2> seen{};
     std::array<std::uint32_t, 2> expected{};
     bool on_doorbell = false; ///< asleep with `expected` marked in its words
+};
+
+/// A thread's time on a CPU and waiting for one (its schedstat), to tell a late delivery from
+/// a busy thread.
+struct thread_times {
+    pid_t thread;
+    std::uint64_t on_cpu_ns, waiting_ns;
 };
 
 /// One word to watch: wake when it no longer holds `expected`.
@@ -506,6 +520,7 @@ private:
     std::vector<watched_word> watched_;
     bool watch_complete_ = false; ///< the last watch() covered every word
     wake_statistics stats_;
+    std::optional<thread_times> armed_times_; ///< the watching thread's, when it last armed
     unsigned bad_streak_ = 0; ///< late or missed deliveries since the last timely one
     std::string streak_what_; ///< what they were
     // Scratch space of run_pass, kept to avoid allocating on every pass.
