@@ -1,7 +1,7 @@
 // sysv_bench: the driver (options, report, CSV, cleanup on signals) and the framework of
 // bench.hpp. The sections live in the other sources of the target and register themselves.
 #include "bench.hpp"
-#include "cli.hpp"
+#include "common/cli.hpp"
 
 #include <fcntl.h>
 #include <malloc.h>

@@ -9,7 +9,7 @@
 #include <exception>
 #include <string_view>
 
-#include "cli.hpp"
+#include "common/cli.hpp"
 
 import sysv;
 

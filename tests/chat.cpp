@@ -3,8 +3,8 @@
 // or overwritten under the participants, and every way of ending.
 #include "harness.hpp"
 
-#include "chat_process.hpp"
-#include "chat_room.hpp"
+#include "chat/chat_process.hpp"
+#include "chat/chat_room.hpp"
 
 #include <fstream>
 #include <optional>

@@ -1,8 +1,14 @@
 // The chat's text handling without processes: what may reach a terminal (strict UTF-8, no
-// control characters), name colours, and the bounded line reader.
+// control characters), name colours, and the bounded line reader; and the private directory the
+// example programs keep their key files in.
 #include <boost/test/unit_test.hpp>
 
-#include "chat_text.hpp"
+#include "chat/chat_text.hpp"
+#include "common/private_dir.hpp"
+
+#include <cstdlib>
+#include <filesystem>
+#include <optional>
 
 #include <algorithm>
 #include <string>
@@ -186,6 +192,31 @@ BOOST_AUTO_TEST_CASE(a_long_last_line_without_newline_is_refused_at_the_end) {
     chat::line_reader discarding(5);
     BOOST_TEST(feed(discarding, "1234567").size() == 1u);
     BOOST_TEST(!discarding.finish().has_value()); // already refused: nothing more to say
+}
+
+BOOST_AUTO_TEST_CASE(a_relative_xdg_runtime_dir_is_ignored) {
+    // The XDG base directory spec: a relative XDG_RUNTIME_DIR is invalid and must be ignored
+    // (taken as given, the key files, and so the rooms, would depend on the current directory).
+    const char* old = std::getenv("XDG_RUNTIME_DIR");
+    const std::optional<std::string> saved = old ? std::optional<std::string>(old) : std::nullopt;
+    const std::string name = "asio-sysv-test-" + std::to_string(::getpid());
+    for (const char* value : {".", "run/user", ""}) {
+        ::setenv("XDG_RUNTIME_DIR", value, 1);
+        const auto dir = examples::private_directory(name);
+        BOOST_TEST(dir.is_absolute(), value);
+        BOOST_TEST(dir.parent_path() == std::filesystem::temp_directory_path(), value);
+        std::filesystem::remove(dir);
+    }
+    // An absolute one is used.
+    const auto base = std::filesystem::temp_directory_path() / (name + "-xdg");
+    std::filesystem::create_directory(base);
+    ::setenv("XDG_RUNTIME_DIR", base.c_str(), 1);
+    BOOST_TEST(examples::private_directory(name) == base / name);
+    std::filesystem::remove_all(base);
+    if (saved)
+        ::setenv("XDG_RUNTIME_DIR", saved->c_str(), 1);
+    else
+        ::unsetenv("XDG_RUNTIME_DIR");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -4,7 +4,7 @@
 // where to raise it: the core API, the channel, and the chat program.
 #include "harness.hpp"
 
-#include "chat_room.hpp"
+#include "chat/chat_room.hpp"
 
 #include <sched.h>
 #include <spawn.h>

@@ -862,7 +862,7 @@ BOOST_AUTO_TEST_CASE(options_help_version_and_usage_errors) {
     BOOST_TEST(help_text.find("--test-pause-in-lock") == std::string::npos); // hidden
     auto [version, version_text] = run({"--version"});
     BOOST_TEST(version == 0);
-    BOOST_TEST(version_text.find("shared_stats_server 0.") != std::string::npos);
+    BOOST_TEST(version_text.find("shared_stats_server (asio-sysv) 0.") != std::string::npos);
     for (const auto& bad : std::vector<std::vector<std::string>>{{"--bogus"},
                                                                  {"--workers", "abc"},
                                                                  {"--workers", "0"},

@@ -4,6 +4,7 @@
 
 #include <boost/asio/ip/address.hpp>
 
+#include "common/private_dir.hpp"
 #include "stats_table.hpp"
 
 #include <fcntl.h>
@@ -107,24 +108,9 @@ inline bool process_alive(pid_t pid) {
 }
 
 /// The default key file: $XDG_RUNTIME_DIR/asio-sysv-stats/server, or
-/// /tmp/asio-sysv-stats-<uid>/server, in a directory created 0700 and refused if someone else
-/// could modify it (they could swap the file, and so the key).
+/// /tmp/asio-sysv-stats-<uid>/server (see examples::private_directory).
 inline std::filesystem::path default_key_file() {
-    std::filesystem::path dir;
-    if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg && *xdg && ::access(xdg, W_OK) == 0)
-        dir = std::filesystem::path(xdg) / "asio-sysv-stats";
-    else
-        dir = std::filesystem::temp_directory_path() /
-              ("asio-sysv-stats-" + std::to_string(::geteuid()));
-    if (::mkdir(dir.c_str(), 0700) == -1 && errno != EEXIST)
-        throw std::runtime_error("cannot create " + dir.string() + ": " + std::strerror(errno));
-    struct stat st {};
-    if (::lstat(dir.c_str(), &st) == -1 || !S_ISDIR(st.st_mode) || st.st_uid != ::geteuid() ||
-        (st.st_mode & 077) != 0)
-        throw std::runtime_error(dir.string() +
-                                 " is not a private directory of this user (expected owner uid " +
-                                 std::to_string(::geteuid()) + " and mode 0700)");
-    return dir / "server";
+    return examples::private_directory("asio-sysv-stats") / "server";
 }
 
 /// The key of the server's objects: ftok of the key file (created if missing).

@@ -22,8 +22,9 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
-#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+
+#include "common/cli.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -522,8 +523,7 @@ int main(int argc, char** argv) {
     CLI::App app{"HTTP/1.1 server whose pre-forked workers share named counters through System V "
                  "shared memory guarded by a sysv::mutex (asio-sysv example)",
                  "shared_stats_server"};
-    app.set_version_flag("--version",
-                         "shared_stats_server " SHARED_STATS_SERVER_VERSION " (asio-sysv example)");
+    cli::describe(app);
     app.add_option("--address", cfg.address, "IP address to listen on")
         ->capture_default_str()
         ->check([](const std::string& s) {

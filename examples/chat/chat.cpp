@@ -26,7 +26,7 @@
 #include "chat_room.hpp"
 #include "chat_terminal.hpp"
 #include "chat_text.hpp"
-#include "cli.hpp"
+#include "common/cli.hpp"
 
 #include <fcntl.h>
 #include <pwd.h>

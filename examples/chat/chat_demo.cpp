@@ -19,7 +19,7 @@
 
 #include "chat_process.hpp"
 #include "chat_room.hpp"
-#include "cli.hpp"
+#include "common/cli.hpp"
 
 namespace {
 

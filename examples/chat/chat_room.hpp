@@ -1,6 +1,8 @@
 // Where chat rooms live: shared by `chat` and the `chat_demo` driver.
 #pragma once
 
+#include "common/private_dir.hpp"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -27,24 +29,9 @@ inline bool valid_room_name(std::string_view room) {
 }
 
 /// The private directory holding room files: $XDG_RUNTIME_DIR/asio-sysv-chat, or
-/// /tmp/asio-sysv-chat-<uid>, created 0700 and refused if someone else owns it or it is open to
-/// others (a shared directory would let them swap the file, and so the key).
+/// /tmp/asio-sysv-chat-<uid> (see examples::private_directory).
 inline std::filesystem::path room_directory() {
-    std::filesystem::path dir;
-    if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg && *xdg && ::access(xdg, W_OK) == 0)
-        dir = std::filesystem::path(xdg) / "asio-sysv-chat";
-    else
-        dir = std::filesystem::temp_directory_path() /
-              ("asio-sysv-chat-" + std::to_string(::geteuid()));
-    if (::mkdir(dir.c_str(), 0700) == -1 && errno != EEXIST)
-        throw std::runtime_error("cannot create " + dir.string() + ": " + std::strerror(errno));
-    struct stat st {};
-    if (::lstat(dir.c_str(), &st) == -1 || !S_ISDIR(st.st_mode) || st.st_uid != ::geteuid() ||
-        (st.st_mode & 077) != 0)
-        throw std::runtime_error(dir.string() +
-                                 " is not a private directory of this user (expected owner uid " +
-                                 std::to_string(::geteuid()) + " and mode 0700)");
-    return dir;
+    return examples::private_directory("asio-sysv-chat");
 }
 
 /// The file whose inode keys the room (ftok); created if missing. Room files are never
