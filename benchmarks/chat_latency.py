@@ -88,7 +88,8 @@ def measure(chat, mode, lines, gap):
             samples.append((time.monotonic_ns() - start) / 1e6)
         bob.say("/wake")
         wake = bob.wait_for("woken by") or "?"
-        wake = wake[wake.find("woken by") + len("woken by "):].split(" (")[0]
+        wake = wake[wake.find("woken by") + len("woken by "):]
+        wake = wake[:wake.find(" missed") + len(" missed")] if " missed" in wake else wake
     finally:
         for p in (alice, bob):
             code, err = p.quit()

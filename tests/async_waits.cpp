@@ -381,6 +381,41 @@ BOOST_AUTO_TEST_CASE(each_cancellation_type_aborts_a_pending_wait_without_side_e
     }
 }
 
+BOOST_AUTO_TEST_CASE(each_cancellation_type_aborts_a_pending_lock_of_either_mutex) {
+    // The locks are composed operations: every type must reach the wait, which has taken
+    // nothing when it is cancelled.
+    for (auto type : {asio::cancellation_type::terminal, asio::cancellation_type::partial,
+                      asio::cancellation_type::total}) {
+        sysv_test::ipc_guard guard;
+        asio::io_context io;
+        sysv::mutex plain(io, make_set(guard, {0})); // held by someone
+        auto robust_set = make_set(guard, {0, 1});   // held, count 1
+        sysv::robust_mutex robust(io, std::move(robust_set), 0);
+        asio::cancellation_signal a, b;
+        error_code plain_result, robust_result;
+        bool plain_owned = true, robust_owned = true;
+        plain.async_lock(asio::bind_cancellation_slot(a.slot(), [&](error_code ec, auto lock) {
+            plain_result = ec;
+            plain_owned = lock.owns_lock();
+        }));
+        robust.async_lock(asio::bind_cancellation_slot(b.slot(), [&](error_code ec, auto lock) {
+            robust_result = ec;
+            robust_owned = lock.owns_lock();
+        }));
+        asio::steady_timer later(io, 50ms); // asleep by then
+        later.async_wait([&](error_code) {
+            a.emit(type);
+            b.emit(type);
+        });
+        io.run_for(5s);
+        BOOST_TEST((plain_result == asio::error::operation_aborted), static_cast<int>(type));
+        BOOST_TEST((robust_result == asio::error::operation_aborted), static_cast<int>(type));
+        BOOST_TEST(!plain_owned);
+        BOOST_TEST(!robust_owned);
+        BOOST_TEST(!plain.try_lock()); // still held by its holder: nothing was taken
+    }
+}
+
 BOOST_AUTO_TEST_CASE(cancel_close_and_destruction_abort_every_wait_of_the_object) {
     sysv_test::ipc_guard guard;
     asio::io_context io;

@@ -565,6 +565,36 @@ BOOST_AUTO_TEST_CASE(a_receive_raced_by_a_timer_is_cancelled_and_the_channel_goe
     BOOST_TEST(rc == 0);
 }
 
+BOOST_AUTO_TEST_CASE(each_cancellation_type_aborts_a_receive_whether_it_spins_or_sleeps) {
+    // Asio's three types: a receive that got nothing has no side effect, so each of them aborts
+    // it, emitted while it still looks on posted passes (at once) or once it sleeps on its
+    // doorbell (after 100 ms); the channel goes on.
+    sysv_test::ipc_guard guard;
+    const sysv::key k(guard.temp_key());
+    const int rc = run_coroutine([&](asio::io_context& io) -> asio::awaitable<int> {
+        auto ch = open_guarded(guard, io, k);
+        co_await ch.async_join("alone", asio::use_awaitable);
+        for (auto type : {asio::cancellation_type::terminal, asio::cancellation_type::partial,
+                          asio::cancellation_type::total})
+            for (auto after : {0ms, 100ms}) {
+                asio::cancellation_signal signal;
+                asio::steady_timer later(io, after);
+                later.async_wait([&](error_code) { signal.emit(type); });
+                auto [ec, m] = co_await ch.async_receive(asio::bind_cancellation_slot(
+                    signal.slot(), asio::as_tuple(asio::use_awaitable)));
+                BOOST_TEST((ec == asio::error::operation_aborted),
+                           "type " << static_cast<int>(type) << " after " << after.count()
+                                   << " ms: " << ec.message());
+            }
+        const std::string hello = "after the cancellations";
+        co_await ch.async_send(asio::buffer(hello), asio::use_awaitable);
+        BOOST_TEST(text_of(co_await ch.async_receive(asio::use_awaitable)) == hello);
+        co_await ch.async_leave(asio::use_awaitable);
+        co_return 0;
+    });
+    BOOST_TEST(rc == 0);
+}
+
 BOOST_AUTO_TEST_CASE(misuse_and_foreign_channels_give_clear_errors) {
     sysv_test::ipc_guard guard;
     const sysv::key k(guard.temp_key());

@@ -71,19 +71,18 @@ export namespace sysv {
 /// each sleep is multiplied by a random factor in [1 - j, 1 + j] (spreads the polls of many
 /// processes).
 ///
-/// The defaults come from benchmarks/ (README "Benchmarks"; 2-CPU VM, `./dev bench`):
-///  * immediate_yields 64: a yield costs ~0.8 us (one semop, one executor round trip), so the
-///    yield phase lasts ~50-70 us, longer than a running peer needs to answer (ping-pong
-///    between two event loops: ~1.5 us round trip on two CPUs, 0.03x a blocked thread's ~46 us;
-///    ~7 us on one CPU, where sched_yield hands the CPU to the peer). 16 yields were too few
-///    when both processes share a CPU (a ~200 us round trip before sched_yield).
-///  * first_sleep 20 us: shorter sleeps cost a timer round trip (~16 us here) for nothing;
-///    doubling from 20 us reaches the cap after ~8 sleeps.
+/// The defaults come from the benchmarks (docs/benchmarks.md has the measured numbers):
+///  * immediate_yields 64: each yield is one semop and one executor round trip, so the yield
+///    phase lasts tens of microseconds, longer than a running peer needs to answer (a
+///    ping-pong between two event loops completes within it, below a blocked thread's round
+///    trip); fewer were too few when both processes share a CPU (sched_yield is what hands
+///    the CPU to the peer).
+///  * first_sleep 20 us: shorter sleeps cost a timer round trip for nothing; doubling from
+///    20 us reaches the cap after about 8 sleeps.
 ///  * max_sleep 3 ms: sets both the worst extra latency of a wake-up after long idle (p99 about
-///    max_sleep) and the idle cost: one tick costs ~22 us of CPU (timer, epoll, semop), so one
-///    idle wait costs ~0.7% of a core at 3 ms (2.1% at 1 ms), and 10,000 idle waits on one set
-///    ~4-5% (one GETALL per tick plus a check per waiter). 1,000 waits on 1,000 different sets
-///    cost a semop per set per tick (~9% at 3 ms): group waits on few sets when you can.
+///    max_sleep) and the idle cost: a tick costs a timer, an epoll_wait and a semop (or one
+///    GETALL per set for many waits on it), so idle cost grows with 1 / max_sleep and with the
+///    number of distinct sets polled: group waits on few sets when you can.
 ///
 /// With doorbells (wake_mode io_uring or helper_thread, see wake_mode_of()), a release made
 /// through this library wakes the wait at once, and the polls above are only the backstop for
@@ -110,8 +109,8 @@ struct backoff {
     }
 
     /// For waits whose releasers all use this library (so every release rings): with
-    /// doorbells, the backstop polls once a second (an idle wait costs ~0 CPU); without them,
-    /// the defaults. A release by another program (or `ipcrm`) is then seen within a second,
+    /// doorbells, the backstop polls once a second (an idle wait costs next to no CPU); without
+    /// them, the defaults. A release by another program (or `ipcrm`) is then seen within a second,
     /// and so is the kernel's release of a lock whose holder died (SEM_UNDO does not ring):
     /// for locks, a shorter doorbell_max_sleep bounds that stall.
     static backoff library_releasers() noexcept {
@@ -121,14 +120,15 @@ struct backoff {
         return b;
     }
 
-    /// Tuned for latency: short sleeps capped at 200 us (wake-up p99 ~0.2-0.4 ms), at ~10% of a
-    /// core per idle wait: for a few latency-critical waits, not for thousands.
+    /// Tuned for latency: short sleeps capped at 200 us (a wake-up after idle within about
+    /// that), at many times the default's idle cost: for a few latency-critical waits, not for
+    /// thousands.
     static backoff latency_tuned() noexcept {
         return backoff{64, std::chrono::microseconds(20), 1.5, std::chrono::microseconds(200), 0.0};
     }
-    /// Tuned for CPU: long sleeps capped at 10 ms (~0.3% of a core per idle wait, wake-up after
-    /// idle up to ~10 ms); keeps 16 yields so an active ping-pong still completes without
-    /// sleeping.
+    /// Tuned for CPU: long sleeps capped at 10 ms (a third of the default's idle cost, wake-up
+    /// after idle within about 10 ms); keeps 16 yields so an active ping-pong still completes
+    /// without sleeping.
     static backoff cpu_tuned() noexcept {
         return backoff{16, std::chrono::microseconds(200), 2.0, std::chrono::microseconds(10000),
                        0.0};
@@ -682,8 +682,10 @@ inline wake_status wake_status_of(boost::asio::execution_context& context) {
 ///    handler's associated cancellation slot: a cancelled wait has applied nothing and completes
 ///    with asio::error::operation_aborted; a wait whose semop already succeeded when the
 ///    cancellation arrives completes with success (units are never lost);
-///  * completes with sysv::errc::removed, within one poll of the backoff (at most max_sleep),
-///    when the set is removed by anyone while it waits.
+///  * completes with sysv::errc::removed when the set is removed by anyone while it waits: at
+///    once when it was removed through this library (the removal rings the set's doorbells,
+///    in any process), at its next backstop poll otherwise (`ipcrm`, another program): within
+///    max_sleep, or doorbell_max_sleep when that is set and doorbells are in use.
 /// Cancel every wait of this object with cancel() or close(). Waits time out by racing a timer
 /// (awaitable operators `||`, or experimental::make_parallel_group).
 ///
@@ -821,7 +823,8 @@ public:
     }
 
     /// Removes the set (IPC_RMID); this process's waiters on it complete with errc::removed at
-    /// once, other processes' at their next poll.
+    /// once, other processes' when the removal's doorbell reaches them (at their next poll
+    /// without doorbells).
     void remove(error_code& ec) {
         const int old_id = id();
         semaphore_set::remove(ec);
@@ -919,6 +922,34 @@ using async_semaphore_set = basic_async_semaphore_set<>;
 // ---------------------------------------------------------------------------------------------
 
 namespace detail {
+/// A composed operation with cancellation types `allowed` let through from its first step on.
+/// async_compose lets only terminal cancellation reach an operation (and the waits it starts)
+/// unless the operation resets its cancellation state: a wait that applies nothing when
+/// cancelled honours partial and total too, so the library's composed operations (the
+/// mutexes' locks, the channel's operations) wrap their steps in this.
+template <class Op>
+struct cancellable {
+    Op op;
+    boost::asio::cancellation_type allowed = boost::asio::cancellation_type::all;
+    bool started = false;
+
+    template <class Self, class... Args>
+    void operator()(Self& self, Args&&... args) {
+        if (!std::exchange(started, true)) {
+            const auto let_through = allowed;
+            self.reset_cancellation_state(
+                [let_through](boost::asio::cancellation_type t) { return t & let_through; });
+        }
+        op(self, std::forward<Args>(args)...);
+    }
+};
+template <class Op>
+cancellable<Op>
+with_cancellation(Op op,
+                  boost::asio::cancellation_type allowed = boost::asio::cancellation_type::all) {
+    return {std::move(op), allowed};
+}
+
 /// The composed operation of async_open_or_create.
 struct open_op {
     detail::set_opener opener;

@@ -275,7 +275,9 @@ private:
 ///
 /// All async operations follow basic_async_semaphore_set's rules (any completion token,
 /// handler on its associated executor, never completed inline, per-operation cancellation of
-/// the underlying waits), with one opt-in: a send or receive whose result is known at once is
+/// type terminal, partial and total, whether the operation is waiting on a semaphore or
+/// retrying on posted passes; a batch send, which may have sent some of its messages, takes
+/// terminal and partial only), with one opt-in: a send or receive whose result is known at once is
 /// dispatched through the handler's immediate executor when it has one
 /// (sysv::bind_immediate_executor), which saves the scheduler round trip of a post per call. The
 /// channel object must outlive its operations and must not be moved while any is pending; one
@@ -344,7 +346,8 @@ public:
     auto async_join(std::string label,
                     Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
         return boost::asio::async_compose<Token, void(error_code)>(
-            locked_op<join_step>{this, {std::move(label)}}, token, get_executor());
+            detail::with_cancellation(locked_op<join_step>{this, {std::move(label)}}), token,
+            get_executor());
     }
 
     /// Gives the reader slot back. The last member to leave removes the segment and the set.
@@ -353,7 +356,8 @@ public:
                   boost::asio::default_completion_token_t<executor_type>>
     auto async_leave(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
         return boost::asio::async_compose<Token, void(error_code, bool)>(
-            locked_op<leave_step, bool>{this, {}}, token, get_executor());
+            detail::with_cancellation(locked_op<leave_step, bool>{this, {}}), token,
+            get_executor());
     }
 
     /// Sends one message (at most shape().max_message_size bytes) to every joined reader. The
@@ -425,7 +429,9 @@ public:
                   boost::asio::default_completion_token_t<executor_type>>
     auto async_reap_lost(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
         return boost::asio::async_compose<Token, void(error_code, std::vector<ring::member>)>(
-            locked_op<table_step, std::vector<ring::member>>{this, {true}}, token, get_executor());
+            detail::with_cancellation(
+                locked_op<table_step, std::vector<ring::member>>{this, {true}}),
+            token, get_executor());
     }
 
     /// The joined readers that are alive. Completion:
@@ -434,7 +440,9 @@ public:
                   boost::asio::default_completion_token_t<executor_type>>
     auto async_members(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
         return boost::asio::async_compose<Token, void(error_code, std::vector<ring::member>)>(
-            locked_op<table_step, std::vector<ring::member>>{this, {false}}, token, get_executor());
+            detail::with_cancellation(
+                locked_op<table_step, std::vector<ring::member>>{this, {false}}),
+            token, get_executor());
     }
 
     /// Removes the segment and the set now (pending operations everywhere fail with
@@ -451,8 +459,11 @@ public:
     /// (the chat says "waiting for <name> (pid N, stopped)").
     using channel_state::lock_holder;
 
-    /// Aborts this object's pending waits (operation_aborted); operations continue to be
-    /// accepted.
+    /// Aborts the operations of this object that are waiting on a semaphore (operation_aborted);
+    /// one that is retrying on posted passes at that moment (a receive looking for new
+    /// messages, a send for room, a lock waiter spinning) is not reached and goes on.
+    /// Operations continue to be accepted. To abort everything, close(), or cancel each
+    /// operation through its cancellation slot (which reaches it in either state).
     void cancel() { set_.cancel(); }
 
     /// Aborts every operation of this object, pending or between two steps, and refuses new
@@ -487,7 +498,8 @@ private:
     /// Continues `handler` with the lock held (error_code{}), or with what ended the wait.
     template <class Handler>
     void async_lock(Handler&& handler) {
-        compose<void(error_code)>(lock_wait_op{this}, std::forward<Handler>(handler));
+        compose<void(error_code)>(detail::with_cancellation(lock_wait_op{this}),
+                                  std::forward<Handler>(handler));
     }
     /// Runs composed operation `op` for a handler already made (an initiation's, an operation's).
     template <class Signature, class Op, class Handler>
@@ -802,7 +814,13 @@ private:
             if (ch.send_now(op.messages(), op.next, ec))
                 return detail::complete_at_once(ch.get_executor(), std::forward<Handler>(handler),
                                                 ec);
-            ch.template compose<void(error_code)>(std::move(op), std::forward<Handler>(handler));
+            // A batch may have sent some of its messages before it waits: no total cancellation
+            // (which promises no side effect), only terminal and partial.
+            const auto allowed = op.count > 1 ? boost::asio::cancellation_type::terminal |
+                                                    boost::asio::cancellation_type::partial
+                                              : boost::asio::cancellation_type::all;
+            ch.template compose<void(error_code)>(detail::with_cancellation(std::move(op), allowed),
+                                                  std::forward<Handler>(handler));
         }
     };
 
@@ -826,8 +844,9 @@ private:
                 return detail::complete_at_once(ch.get_executor(), std::forward<Handler>(handler),
                                                 ec, std::move(result));
             }
-            ch.template compose<void(error_code, Result)>(receive_op<Result>{self, into},
-                                                          std::forward<Handler>(handler));
+            ch.template compose<void(error_code, Result)>(
+                detail::with_cancellation(receive_op<Result>{self, into}),
+                std::forward<Handler>(handler));
         }
     };
 

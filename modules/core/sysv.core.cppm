@@ -52,8 +52,10 @@ enum class errc {
     /// An object exists at the key but is not the one asked for: other owner, other mode, too
     /// small, other number of semaphores, or (for library formats) a wrong magic number.
     foreign_object,
-    /// open_or_create found a set whose creator has not published its initial values in time
-    /// (or died before doing so).
+    /// An object could not be brought to a usable state in time: open_or_create found a set
+    /// whose creator has not published its initial values (or died before doing so), a
+    /// shared_memory::open_or_create kept losing its race with a remover, a channel could not
+    /// take its initialisation lock within open_options::initialisation_timeout.
     not_initialised,
     /// A request exceeds a kernel limit (SEMMSL, SEMOPM, SHMMAX, ...), detected before the call.
     limit_exceeded,

@@ -101,7 +101,7 @@ public:
                   boost::asio::default_completion_token_t<executor_type>>
     auto async_lock(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
         return boost::asio::async_compose<Token, void(error_code, guard)>(
-            lock_op{this}, token, semaphores_.get_executor());
+            detail::with_cancellation(lock_op{this}), token, semaphores_.get_executor());
     }
 
     /// async_lock that gives up after `timeout`: completes with asio::error::timed_out and an
@@ -113,7 +113,8 @@ public:
     auto async_lock_for(std::chrono::steady_clock::duration timeout,
                         Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
         return boost::asio::async_compose<Token, void(error_code, guard)>(
-            lock_op{this, false, timeout}, token, semaphores_.get_executor());
+            detail::with_cancellation(lock_op{this, false, timeout}), token,
+            semaphores_.get_executor());
     }
 
     /// Takes the lock if it is free now.
@@ -231,7 +232,7 @@ public:
                 m->unlock(ignored);
             }
         }
-        /// Gives up ownership without unlocking (the caller unlocks with mutex::unlock()).
+        /// Gives up ownership without unlocking (the caller unlocks with robust_mutex::unlock()).
         basic_robust_mutex* release() noexcept { return std::exchange(mutex_, nullptr); }
 
     private:
@@ -269,7 +270,7 @@ public:
                   boost::asio::default_completion_token_t<executor_type>>
     auto async_lock(Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
         return boost::asio::async_compose<Token, void(error_code, guard)>(
-            lock_op{this}, token, semaphores_.get_executor());
+            detail::with_cancellation(lock_op{this}), token, semaphores_.get_executor());
     }
 
     /// async_lock that gives up after `timeout` (asio::error::timed_out, an empty guard,
@@ -279,7 +280,8 @@ public:
     auto async_lock_for(std::chrono::steady_clock::duration timeout,
                         Token&& token = boost::asio::default_completion_token_t<executor_type>{}) {
         return boost::asio::async_compose<Token, void(error_code, guard)>(
-            lock_op{this, lock_op::start, timeout}, token, semaphores_.get_executor());
+            detail::with_cancellation(lock_op{this, lock_op::start, timeout}), token,
+            semaphores_.get_executor());
     }
 
     /// Takes the lock if it is free now: a guard that owns it (guard::owner_died() tells

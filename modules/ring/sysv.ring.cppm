@@ -1,6 +1,6 @@
 // sysv.ring: the byte layout and logic of a broadcast message ring in a shared segment, as plain
 // code over a std::span<std::byte> (no syscalls), so it is unit-tested and fuzzed without IPC.
-// sysv::channel (module sysv) drives it under its lock.
+// sysv::channel (module sysv.channel) drives it under its lock.
 //
 // Segment layout (native endianness, every field at a fixed offset):
 //   header | reader_entry[max_readers] | ring bytes[capacity]
