@@ -428,8 +428,8 @@ double us_since_stamp(const void* data, std::int64_t arrived) {
     return static_cast<double>(arrived - t) / 1e3;
 }
 
-/// The wake configuration of the last latency_channel() reader, as it ended.
-std::string latency_channel_ran_with = "-";
+/// The wake configuration and counts of the last latency_channel() reader, as it ended.
+bench::wake_report latency_channel_wake;
 
 std::vector<double> latency_channel(long count, std::int64_t gap) {
     asio::io_context io;
@@ -473,7 +473,7 @@ std::vector<double> latency_channel(long count, std::int64_t gap) {
         asio::detached);
     io.run();
     writer.join("channel writer");
-    latency_channel_ran_with = bench::describe(bench::report_wake(io, ""));
+    latency_channel_wake = bench::report_wake(io, "");
     return samples;
 }
 
@@ -557,7 +557,7 @@ void run_latency(bench::context& ctx, int runs) {
         {"latency_socket", "Asio local::stream_protocol async_write / async_read", &latency_socket},
     };
     std::vector<std::vector<double>> samples(rows.size()), run_p50(rows.size());
-    std::vector<std::string> ran_with(rows.size(), "-");
+    std::vector<std::vector<bench::wake_report>> ran_with(rows.size());
     for (int run = 0; run < runs; ++run)
         for (std::size_t k = 0; k < rows.size(); ++k) {
             const std::size_t i = (k + static_cast<std::size_t>(run)) % rows.size();
@@ -566,10 +566,8 @@ void run_latency(bench::context& ctx, int runs) {
             ctx.progress(rows[i].id + " run " + std::to_string(run + 1));
             bench::watchdog(120, rows[i].id.c_str());
             auto s = rows[i].run(count, gap);
-            if (rows[i].run == &latency_channel &&
-                ran_with[i].find(latency_channel_ran_with) == std::string::npos)
-                ran_with[i] =
-                    (ran_with[i] == "-" ? "" : ran_with[i] + "; ") + latency_channel_ran_with;
+            if (rows[i].run == &latency_channel)
+                bench::merge(ran_with[i], latency_channel_wake);
             run_p50[i].push_back(bench::median(s));
             samples[i].insert(samples[i].end(), s.begin(), s.end());
         }
@@ -587,7 +585,7 @@ void run_latency(bench::context& ctx, int runs) {
         ctx.record(rows[i].id, "latency_p99", s.p99, "us");
         t.add({rows[i].label, bench::fmt(s.p50), bench::fmt(s.p99), bench::fmt(s.max),
                bench::ratio_text(r50), bench::ratio_text(r99), std::to_string(s.count),
-               ran_with[i]});
+               bench::describe(ran_with[i])});
     }
     if (!samples[0].empty() && !samples[1].empty()) {
         const auto channel = bench::summarize(samples[1]);

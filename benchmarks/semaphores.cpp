@@ -290,7 +290,7 @@ private:
 struct round_trips {
     std::vector<double> rtt; ///< us
     std::vector<char> same_cpu;
-    std::string ran_with = "-"; ///< the measuring side's wake configuration (awaitable rows)
+    std::optional<bench::wake_report> wake; ///< the measuring side's (awaitable rows)
 
     void reserve(long rounds) {
         rtt.reserve(static_cast<std::size_t>(rounds));
@@ -387,7 +387,7 @@ round_trips semaphore_pingpong(const pp_row& row, long rounds, long warmup, plac
                 rtt.add(i, warmup, start, now_ns(), block);
             }
         });
-        rtt.ran_with = bench::describe(bench::report_wake(io, row.mode));
+        rtt.wake = bench::report_wake(io, row.mode);
         break;
     }
     case pp_kind::socket:
@@ -471,7 +471,7 @@ void pingpong_table(bench::context& ctx, const std::vector<pp_row>& rows, placem
 
     std::vector<std::vector<double>> pooled(rows.size()), pooled_same(rows.size()),
         pooled_split(rows.size());
-    std::vector<std::vector<std::string>> ran_with(rows.size()); // distinct, over runs
+    std::vector<std::vector<bench::wake_report>> ran_with(rows.size()); // merged over runs
     std::vector<std::vector<bench::summary>> per_run(rows.size());
     for (int run = 0; run < runs; ++run) {
         ctx.progress(where_text + ": run " + std::to_string(run + 1) + "/" + std::to_string(runs) +
@@ -497,9 +497,8 @@ void pingpong_table(bench::context& ctx, const std::vector<pp_row>& rows, placem
                        100.0 * static_cast<double>(same) / static_cast<double>(rtt.size()), "%",
                        run_name);
             per_run[i].push_back(s);
-            if (std::find(ran_with[i].begin(), ran_with[i].end(), trips.ran_with) ==
-                ran_with[i].end())
-                ran_with[i].push_back(trips.ran_with);
+            if (trips.wake)
+                bench::merge(ran_with[i], *trips.wake);
             pooled[i].insert(pooled[i].end(), rtt.begin(), rtt.end());
             for (std::size_t r = 0; r < rtt.size(); ++r)
                 (trips.same_cpu[r] ? pooled_same : pooled_split)[i].push_back(rtt[r]);
@@ -553,10 +552,7 @@ void pingpong_table(bench::context& ctx, const std::vector<pp_row>& rows, placem
             ctx.record(id, "rtt_p50_same_cpu", bench::median(pooled_same[i]), "us");
             ctx.record(id, "rtt_p50_two_cpus", bench::median(pooled_split[i]), "us");
         }
-        std::string ran;
-        for (const auto& r : ran_with[i])
-            ran += (ran.empty() ? "" : "; ") + r;
-        cells.push_back(ran);
+        cells.push_back(bench::describe(ran_with[i]));
         t.add(cells);
         ctx.record(id, "rtt_p50", s.p50, "us");
         ctx.record(id, "rtt_p99", s.p99, "us");
@@ -1007,10 +1003,10 @@ void run_idle(bench::context& ctx) {
         const double per_wakeup = w > 0 ? c / 100.0 * 1e6 / w : std::nan("");
         const double waits = rows[i].waits;
         const auto& b = rows[i].backoff;
-        std::string ran;
+        std::vector<bench::wake_report> merged;
         for (const auto& r : results[i])
-            if (const auto d = bench::describe(r.wake); ran.find(d) == std::string::npos)
-                ran += (ran.empty() ? "" : "; ") + d;
+            bench::merge(merged, r.wake);
+        const std::string ran = bench::describe(merged);
         t.add({rows[i].label, b.id, bench::fmt(c, 2), bench::fmt(w, 0), bench::fmt(per_wakeup, 1),
                bench::fmt(m / 1024.0, 0), waits > 0 ? bench::fmt(m / waits, 0) : "-",
                waits > 0 ? bench::fmt(h / waits, 0) : "-", ran});

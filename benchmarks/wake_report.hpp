@@ -13,6 +13,19 @@ struct wake_report {
     std::uint64_t delivered = 0, late = 0, missed = 0, demotions = 0;
 };
 
+/// Adds `r` to `all`: counted into the entry of the same configuration, or appended.
+inline void merge(std::vector<wake_report>& all, const wake_report& r) {
+    for (auto& a : all)
+        if (std::strcmp(a.configuration, r.configuration) == 0 && a.as_asked == r.as_asked) {
+            a.delivered += r.delivered;
+            a.late += r.late;
+            a.missed += r.missed;
+            a.demotions += r.demotions;
+            return;
+        }
+    all.push_back(r);
+}
+
 inline wake_report report_wake(boost::asio::execution_context& context, std::string_view asked) {
     const auto s = sysv::wake_status_of(context);
     wake_report r;
@@ -25,6 +38,16 @@ inline wake_report report_wake(boost::asio::execution_context& context, std::str
     r.missed = s.stats.missed;
     r.demotions = s.stats.demotions;
     return r;
+}
+
+inline std::string describe(const wake_report& r);
+
+/// The entries of merge(), described and joined ("-" for none).
+inline std::string describe(const std::vector<wake_report>& all) {
+    std::string text;
+    for (const auto& r : all)
+        text += (text.empty() ? "" : "; ") + describe(r);
+    return text.empty() ? "-" : text;
 }
 
 /// "io_uring ring + eventfd, 640 deliveries", with what went wrong: "**helper thread
