@@ -1,8 +1,10 @@
-// Helpers every test uses. Include this (and any std/Boost/POSIX header) before `import sysv;`.
+// Helpers every test uses. Include this (and any std/Boost/POSIX header) before `import sysv;`;
+// harness_ipc.hpp (helpers that use the library) after it.
 //
 //  * sysv_test::child / run_in_child: run a lambda in a forked child; get its exit code or the
 //    signal that killed it. A child that throws or fails a check exits non-zero.
-//  * SYSV_CO_TEST_CASE(name): a test case whose body is a coroutine run on a fresh io_context.
+//  * SYSV_CO_TEST_CASE(name): a test case whose body is a coroutine run on a fresh io_context;
+//    sysv_test::run_coroutine: the same in a child (or this process), returning an exit code.
 //  * sysv_test::ipc_guard: records every System V id a test creates and removes them when the
 //    test ends, passed or failed; also makes ftok keys from private temporary files.
 #pragma once
@@ -315,6 +317,42 @@ inline void run_coroutine_test(std::function<boost::asio::awaitable<void>()> bod
                           "coroutine test did not finish within " << limit.count() << " s");
     if (failure)
         std::rethrow_exception(failure);
+}
+
+/// What run_coroutine() returns when the coroutine threw (the exception is printed) or did not
+/// finish within its limit.
+inline constexpr int coroutine_threw = 97, coroutine_timed_out = 96;
+
+/// Runs `body` as a coroutine on a fresh io_context in this process (a test's process or a
+/// forked child) and returns its result: the coroutine's int, 0 for a void coroutine that
+/// returned, coroutine_threw, or coroutine_timed_out after `limit`.
+inline int run_coroutine(std::function<boost::asio::awaitable<int>(boost::asio::io_context&)> body,
+                         std::chrono::seconds limit = std::chrono::seconds(120)) {
+    boost::asio::io_context io;
+    int result = coroutine_timed_out;
+    boost::asio::co_spawn(io, body(io), [&](std::exception_ptr e, int r) {
+        if (e) {
+            try {
+                std::rethrow_exception(e);
+            } catch (const std::exception& ex) {
+                std::fprintf(stderr, "pid %d: %s\n", ::getpid(), ex.what());
+            }
+            result = coroutine_threw;
+        } else {
+            result = r;
+        }
+    });
+    io.run_for(limit);
+    return result;
+}
+inline int run_coroutine(std::function<boost::asio::awaitable<void>(boost::asio::io_context&)> body,
+                         std::chrono::seconds limit = std::chrono::seconds(120)) {
+    return run_coroutine(
+        [&](boost::asio::io_context& io) -> boost::asio::awaitable<int> {
+            co_await body(io);
+            co_return 0;
+        },
+        limit);
 }
 
 } // namespace sysv_test

@@ -117,7 +117,7 @@ fetchcontent)
     [[ " $flags " == *" -std=gnu++20 "* ]] ||
         fail "the consumer did not get C++20 from the library's usage requirements: $flags"
     check_no_project_warnings "$work/consumer" || fail "project warning flags leaked"
-    for target in sysv_tests chat sysv_bench; do
+    for target in sysv_tests sysv_program_tests chat sysv_bench; do
         if "$ninja" -C "$work/consumer" -t targets all | grep -q "^$target:"; then
             fail "the subproject builds its $target target for a consumer"
         fi

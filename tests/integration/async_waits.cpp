@@ -1,5 +1,6 @@
-// The asynchronous layer: backoff schedule (sans-I/O), waits on semaphores across processes,
-// completion tokens, cancellation, removal while waiting, many waiters, threads, mutex.
+// The asynchronous layer: waits on semaphores across processes, completion tokens,
+// cancellation, removal while waiting, many waiters, threads, mutex. (The backoff schedule, plain
+// value code, is tested in unit/backoff_schedule.cpp.)
 #include "harness.hpp"
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -14,18 +15,13 @@
 
 import sysv.mutex;
 
+#include "harness_ipc.hpp"
+
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
 using boost::system::error_code;
 
 namespace {
-
-/// Fresh set with `values`, removed by `guard`.
-sysv::semaphore_set make_set(sysv_test::ipc_guard& guard, std::initializer_list<int> values) {
-    auto set = sysv::semaphore_set::create(sysv::key::private_key(), values);
-    guard.semaphores(set);
-    return set;
-}
 
 /// A child that sleeps `delay` and then applies `ops` to set `id` (blocking API).
 template <class... Ops>
@@ -59,86 +55,11 @@ struct counting_allocator {
 
 } // namespace
 
-BOOST_AUTO_TEST_SUITE(backoff_schedule)
-
-BOOST_AUTO_TEST_CASE(yields_then_sleeps_growing_to_the_cap) {
-    sysv::backoff b;
-    b.immediate_yields = 3;
-    b.first_sleep = 10us;
-    b.growth = 2.0;
-    b.max_sleep = 50us;
-    sysv::backoff_schedule s(b);
-    for (int i = 0; i < 3; ++i) {
-        BOOST_TEST(s.yielding());
-        BOOST_TEST(s.next().count() == 0);
-    }
-    BOOST_TEST(!s.yielding());
-    const std::chrono::nanoseconds expected[] = {10us, 20us, 40us, 50us, 50us, 50us};
-    for (auto e : expected)
-        BOOST_TEST(s.next().count() == e.count());
-}
-
-BOOST_AUTO_TEST_CASE(jitter_stays_within_its_fraction) {
-    sysv::backoff b;
-    b.immediate_yields = 0;
-    b.first_sleep = 100us;
-    b.max_sleep = 100us;
-    b.jitter = 0.25;
-    sysv::backoff_schedule s(b);
-    BOOST_TEST(s.next(0.0).count() == std::chrono::nanoseconds(75us).count());
-    BOOST_TEST(s.next(0.5).count() == std::chrono::nanoseconds(100us).count());
-    BOOST_TEST(s.next(0.999).count() <= std::chrono::nanoseconds(125us).count());
-    BOOST_TEST(s.next(0.999).count() > std::chrono::nanoseconds(124us).count());
-}
-
-BOOST_AUTO_TEST_CASE(validation_refuses_nonsense) {
-    BOOST_TEST(!sysv::backoff{}.validate());
-    BOOST_TEST(!sysv::backoff::latency_tuned().validate());
-    BOOST_TEST(!sysv::backoff::cpu_tuned().validate());
-    sysv::backoff b;
-    b.growth = 0.5;
-    BOOST_TEST((b.validate() == sysv::errc::invalid_argument));
-    b = {};
-    b.max_sleep = 1us;
-    BOOST_TEST((b.validate() == sysv::errc::invalid_argument));
-    b = {};
-    b.jitter = 1.0;
-    BOOST_TEST((b.validate() == sysv::errc::invalid_argument));
-    b = {};
-    b.first_sleep = 0us;
-    BOOST_TEST((b.validate() == sysv::errc::invalid_argument));
-}
-
-BOOST_AUTO_TEST_CASE(snapshot_decides_what_can_proceed) {
-    std::vector<int> values{1, 0, 32767};
-    auto to_sembufs = [](std::initializer_list<sysv::operation> ops) {
-        std::vector<sembuf> out;
-        for (auto& o : ops)
-            out.push_back(
-                {static_cast<unsigned short>(o.index()), static_cast<short>(o.delta()), 0});
-        return out;
-    };
-    // Taking two units from a semaphore holding one: no, and nothing changes.
-    BOOST_TEST(!sysv::detail::apply_to_snapshot(values, to_sembufs({sysv::op::acquire(0, 2)})));
-    BOOST_TEST((values == std::vector<int>{1, 0, 32767}));
-    // A group fails as a whole and is rolled back.
-    BOOST_TEST(!sysv::detail::apply_to_snapshot(
-        values, to_sembufs({sysv::op::acquire(0), sysv::op::acquire(1)})));
-    BOOST_TEST((values == std::vector<int>{1, 0, 32767}));
-    BOOST_TEST(!sysv::detail::apply_to_snapshot(values, to_sembufs({sysv::op::release(2)})));
-    BOOST_TEST(sysv::detail::apply_to_snapshot(
-        values, to_sembufs({sysv::op::acquire(0), sysv::op::wait_zero(0), sysv::op::release(1)})));
-    BOOST_TEST((values == std::vector<int>{0, 1, 32767}));
-    BOOST_TEST(!sysv::detail::apply_to_snapshot(values, to_sembufs({sysv::op::wait_zero(1)})));
-}
-
-BOOST_AUTO_TEST_SUITE_END()
-
 BOOST_AUTO_TEST_SUITE(async_semaphores)
 
 BOOST_AUTO_TEST_CASE(a_release_by_another_process_completes_the_wait) {
     sysv_test::ipc_guard guard;
-    auto raw = make_set(guard, {0});
+    auto raw = sysv_test::private_set(guard, {0});
     const int id = raw.id();
     auto releaser = release_later(id, 50ms, sysv::op::release(0, 2));
     asio::io_context io;
@@ -159,7 +80,7 @@ BOOST_AUTO_TEST_CASE(a_release_by_another_process_completes_the_wait) {
 
 BOOST_AUTO_TEST_CASE(wait_zero_completes_when_the_value_reaches_zero) {
     sysv_test::ipc_guard guard;
-    auto raw = make_set(guard, {2});
+    auto raw = sysv_test::private_set(guard, {2});
     auto taker = release_later(raw.id(), 30ms, sysv::op::acquire(0, 2));
     asio::io_context io;
     sysv::async_semaphore_set set(io, std::move(raw));
@@ -173,7 +94,7 @@ BOOST_AUTO_TEST_CASE(wait_zero_completes_when_the_value_reaches_zero) {
 
 BOOST_AUTO_TEST_CASE(a_group_is_applied_atomically_once_all_can_proceed) {
     sysv_test::ipc_guard guard;
-    auto raw = make_set(guard, {1, 0, 0});
+    auto raw = sysv_test::private_set(guard, {1, 0, 0});
     const int id = raw.id();
     // Semaphore 1 arrives later; until then semaphore 0 must stay untouched.
     sysv_test::child peer([id] {
@@ -197,7 +118,7 @@ BOOST_AUTO_TEST_CASE(a_group_is_applied_atomically_once_all_can_proceed) {
 BOOST_AUTO_TEST_CASE(the_handler_is_never_called_from_the_initiating_function) {
     sysv_test::ipc_guard guard;
     asio::io_context io;
-    sysv::async_semaphore_set set(io, make_set(guard, {1}));
+    sysv::async_semaphore_set set(io, sysv_test::private_set(guard, {1}));
     bool called = false;
     set.async_acquire(0, [&](error_code ec) {
         BOOST_TEST(!ec);
@@ -212,7 +133,7 @@ BOOST_AUTO_TEST_CASE(the_handler_is_never_called_from_the_initiating_function) {
 BOOST_AUTO_TEST_CASE(errors_are_reported_through_the_handler) {
     sysv_test::ipc_guard guard;
     asio::io_context io;
-    sysv::async_semaphore_set set(io, make_set(guard, {1}));
+    sysv::async_semaphore_set set(io, sysv_test::private_set(guard, {1}));
     std::vector<error_code> results;
     auto record = [&](error_code ec) { results.push_back(ec); };
     set.async_acquire(3, record);
@@ -231,7 +152,7 @@ BOOST_AUTO_TEST_CASE(errors_are_reported_through_the_handler) {
 
 BOOST_AUTO_TEST_CASE(every_completion_token_works) {
     sysv_test::ipc_guard guard;
-    auto raw = make_set(guard, {0});
+    auto raw = sysv_test::private_set(guard, {0});
     auto releaser = release_later(raw.id(), 20ms, sysv::op::release(0, 4));
     asio::io_context io;
     sysv::async_semaphore_set set(io, std::move(raw));
@@ -274,7 +195,7 @@ BOOST_AUTO_TEST_CASE(every_completion_token_works) {
 
 BOOST_AUTO_TEST_CASE(the_associated_allocator_is_used_for_waits) {
     sysv_test::ipc_guard guard;
-    auto raw = make_set(guard, {0});
+    auto raw = sysv_test::private_set(guard, {0});
     auto releaser = release_later(raw.id(), 10ms, sysv::op::release(0));
     asio::io_context io;
     sysv::async_semaphore_set set(io, std::move(raw));
@@ -290,7 +211,7 @@ BOOST_AUTO_TEST_CASE(the_associated_allocator_is_used_for_waits) {
 
 BOOST_AUTO_TEST_CASE(the_handler_runs_on_its_associated_executor) {
     sysv_test::ipc_guard guard;
-    auto raw = make_set(guard, {0});
+    auto raw = sysv_test::private_set(guard, {0});
     auto releaser = release_later(raw.id(), 10ms, sysv::op::release(0));
     asio::io_context io;
     auto strand = asio::make_strand(io);
@@ -306,7 +227,7 @@ BOOST_AUTO_TEST_CASE(the_handler_runs_on_its_associated_executor) {
 
 BOOST_AUTO_TEST_CASE(run_returns_once_waits_are_done_even_with_a_work_tracking_executor) {
     sysv_test::ipc_guard guard;
-    auto raw = make_set(guard, {0});
+    auto raw = sysv_test::private_set(guard, {0});
     auto releaser = release_later(raw.id(), 20ms, sysv::op::release(0));
     asio::io_context io;
     // An executor that tracks work: the poll service must not keep it (and so run()) alive.
@@ -330,7 +251,7 @@ BOOST_AUTO_TEST_CASE(run_returns_once_waits_are_done_even_with_a_work_tracking_e
 BOOST_AUTO_TEST_CASE(apply_for_times_out_without_applying_anything) {
     sysv_test::ipc_guard guard;
     asio::io_context io;
-    sysv::async_semaphore_set set(io, make_set(guard, {1, 0}));
+    sysv::async_semaphore_set set(io, sysv_test::private_set(guard, {1, 0}));
     std::vector<error_code> results;
     const auto start = std::chrono::steady_clock::now();
     set.async_apply_for({sysv::op::acquire(0), sysv::op::acquire(1)}, 30ms,
@@ -349,7 +270,7 @@ BOOST_AUTO_TEST_CASE(a_release_in_this_process_wakes_local_waiters_at_once) {
     asio::io_context io;
     // A long max_sleep: only the kick can explain a prompt completion.
     sysv::backoff slow{0, std::chrono::microseconds(10s), 2.0, std::chrono::microseconds(10s), 0.0};
-    sysv::async_semaphore_set set(io, make_set(guard, {0}), slow);
+    sysv::async_semaphore_set set(io, sysv_test::private_set(guard, {0}), slow);
     bool done = false;
     set.async_acquire(0, [&](error_code ec) { done = !ec; });
     asio::steady_timer t(io, 20ms);
@@ -367,7 +288,7 @@ BOOST_AUTO_TEST_CASE(each_cancellation_type_aborts_a_pending_wait_without_side_e
                       asio::cancellation_type::total}) {
         sysv_test::ipc_guard guard;
         asio::io_context io;
-        sysv::async_semaphore_set set(io, make_set(guard, {0, 3}));
+        sysv::async_semaphore_set set(io, sysv_test::private_set(guard, {0, 3}));
         asio::cancellation_signal signal;
         error_code result;
         set.async_apply(
@@ -388,8 +309,8 @@ BOOST_AUTO_TEST_CASE(each_cancellation_type_aborts_a_pending_lock_of_either_mute
                       asio::cancellation_type::total}) {
         sysv_test::ipc_guard guard;
         asio::io_context io;
-        sysv::mutex plain(io, make_set(guard, {0})); // held by someone
-        auto robust_set = make_set(guard, {0, 1});   // held, count 1
+        sysv::mutex plain(io, sysv_test::private_set(guard, {0})); // held by someone
+        auto robust_set = sysv_test::private_set(guard, {0, 1});   // held, count 1
         sysv::robust_mutex robust(io, std::move(robust_set), 0);
         asio::cancellation_signal a, b;
         error_code plain_result, robust_result;
@@ -419,7 +340,7 @@ BOOST_AUTO_TEST_CASE(each_cancellation_type_aborts_a_pending_lock_of_either_mute
 BOOST_AUTO_TEST_CASE(cancel_close_and_destruction_abort_every_wait_of_the_object) {
     sysv_test::ipc_guard guard;
     asio::io_context io;
-    auto raw = make_set(guard, {0});
+    auto raw = sysv_test::private_set(guard, {0});
     const int id = raw.id();
     std::vector<error_code> results;
     auto record = [&](error_code ec) { results.push_back(ec); };
@@ -452,7 +373,7 @@ BOOST_AUTO_TEST_CASE(timeout_by_racing_a_timer) {
     using namespace asio::experimental::awaitable_operators;
     sysv_test::ipc_guard guard;
     asio::io_context io;
-    sysv::async_semaphore_set set(io, make_set(guard, {0}));
+    sysv::async_semaphore_set set(io, sysv_test::private_set(guard, {0}));
     std::optional<std::size_t> winner;
     asio::co_spawn(
         io,
@@ -476,7 +397,7 @@ BOOST_AUTO_TEST_CASE(timeout_by_racing_a_timer) {
 BOOST_AUTO_TEST_CASE(cancellation_racing_success_never_loses_a_unit) {
     using namespace asio::experimental::awaitable_operators;
     sysv_test::ipc_guard guard;
-    auto raw = make_set(guard, {0, 0});
+    auto raw = sysv_test::private_set(guard, {0, 0});
     const int id = raw.id();
     constexpr int units = 3000;
     sysv_test::child producer([id] {
@@ -527,7 +448,7 @@ BOOST_AUTO_TEST_SUITE(async_removal)
 BOOST_AUTO_TEST_CASE(removal_by_another_process_completes_every_waiter) {
     for (bool use_ipcrm : {false, true}) {
         sysv_test::ipc_guard guard;
-        auto raw = make_set(guard, {0});
+        auto raw = sysv_test::private_set(guard, {0});
         const int id = raw.id();
         sysv_test::child remover([id, use_ipcrm] {
             std::this_thread::sleep_for(50ms);
@@ -562,7 +483,7 @@ BOOST_AUTO_TEST_CASE(removal_by_this_process_completes_waiters_at_once) {
     sysv_test::ipc_guard guard;
     asio::io_context io;
     sysv::backoff slow{0, std::chrono::microseconds(10s), 2.0, std::chrono::microseconds(10s), 0.0};
-    sysv::async_semaphore_set set(io, make_set(guard, {0}), slow);
+    sysv::async_semaphore_set set(io, sysv_test::private_set(guard, {0}), slow);
     error_code result;
     set.async_acquire(0, [&](error_code ec) { result = ec; });
     asio::post(io, [&] { set.remove(); });
@@ -577,7 +498,7 @@ BOOST_AUTO_TEST_SUITE(async_scale)
 BOOST_AUTO_TEST_CASE(ten_thousand_waiters_on_one_thread_all_complete) {
     constexpr int waiters = 10000;
     sysv_test::ipc_guard guard;
-    auto raw = make_set(guard, {0});
+    auto raw = sysv_test::private_set(guard, {0});
     const int id = raw.id();
     sysv_test::child releaser([id] {
         auto s = sysv::semaphore_set::open_id(id);
@@ -604,7 +525,7 @@ BOOST_AUTO_TEST_CASE(two_threads_and_a_strand) {
     auto strand = asio::make_strand(io);
     // Two coroutines on one strand pass a token back and forth through two semaphores, while
     // a third on the plain executor keeps releasing and acquiring another one.
-    sysv::async_semaphore_set set(strand, make_set(guard, {0, 0, 0}));
+    sysv::async_semaphore_set set(strand, sysv_test::private_set(guard, {0, 0, 0}));
     sysv::async_semaphore_set other(io.get_executor(), sysv::semaphore_set::open_id(set.id()));
     int ping = 0, pong = 0, spins = 0;
     asio::co_spawn(
@@ -652,7 +573,7 @@ BOOST_AUTO_TEST_SUITE(async_mutex)
 
 SYSV_CO_TEST_CASE(the_guard_releases_on_scope_exit_and_exceptions) {
     sysv_test::ipc_guard guard;
-    sysv::mutex m(co_await asio::this_coro::executor, make_set(guard, {1}));
+    sysv::mutex m(co_await asio::this_coro::executor, sysv_test::private_set(guard, {1}));
     {
         auto lock = co_await m.async_lock(asio::use_awaitable);
         BOOST_TEST(lock.owns_lock());
@@ -675,7 +596,7 @@ BOOST_AUTO_TEST_CASE(a_cancelled_coroutine_releases_its_lock) {
     using namespace asio::experimental::awaitable_operators;
     sysv_test::ipc_guard guard;
     asio::io_context io;
-    sysv::mutex m(io, make_set(guard, {1}));
+    sysv::mutex m(io, sysv_test::private_set(guard, {1}));
     // The holder keeps the lock until its coroutine is cancelled by a timer race.
     asio::co_spawn(
         io,
@@ -703,7 +624,7 @@ BOOST_AUTO_TEST_CASE(a_cancelled_coroutine_releases_its_lock) {
 
 BOOST_AUTO_TEST_CASE(a_holder_killed_with_sigkill_releases_the_lock) {
     sysv_test::ipc_guard guard;
-    auto raw = make_set(guard, {1, 0});
+    auto raw = sysv_test::private_set(guard, {1, 0});
     const int id = raw.id();
     sysv_test::child holder([id] {
         asio::io_context io;
@@ -742,7 +663,7 @@ BOOST_AUTO_TEST_CASE(a_holder_killed_with_sigkill_releases_the_lock) {
 
 SYSV_CO_TEST_CASE(a_timed_lock_gives_up_at_its_deadline_having_taken_nothing) {
     sysv_test::ipc_guard guard;
-    sysv::mutex m(co_await asio::this_coro::executor, make_set(guard, {1}));
+    sysv::mutex m(co_await asio::this_coro::executor, sysv_test::private_set(guard, {1}));
     BOOST_TEST(m.try_lock()); // held (by this process: the wait below cannot take it)
     const auto start = std::chrono::steady_clock::now();
     auto [ec, lock] = co_await m.async_lock_for(50ms, asio::as_tuple(asio::use_awaitable));
@@ -765,7 +686,8 @@ SYSV_CO_TEST_CASE(a_timed_lock_gives_up_at_its_deadline_having_taken_nothing) {
 
 SYSV_CO_TEST_CASE(a_timed_lock_released_by_another_process_in_time_is_taken) {
     sysv_test::ipc_guard guard;
-    auto set = make_set(guard, {0}); // held by "another process" until the child releases it
+    auto set =
+        sysv_test::private_set(guard, {0}); // held by "another process" until the child releases it
     const int id = set.id();
     sysv::mutex m(co_await asio::this_coro::executor, std::move(set));
     auto releaser = release_later(id, 30ms, sysv::op::release(0));

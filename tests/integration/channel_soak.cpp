@@ -97,14 +97,12 @@ struct observer {
 };
 
 /// One member: joins as stream "<index>.<generation>", sends and receives until SIGTERM, then
-/// leaves; exits 0, or 3 on a violation (printed), or 97 on an unexpected error.
+/// leaves; exits 0, or 3 on a violation (printed), or sysv_test::coroutine_threw on an
+/// unexpected error.
 int member(sysv::key k, int index, int generation, const sigset_t& unblocked) {
     using namespace asio::experimental::awaitable_operators;
-    asio::io_context io;
-    int result = 96;
-    asio::co_spawn(
-        io,
-        [&]() -> asio::awaitable<void> {
+    return sysv_test::run_coroutine(
+        [&](asio::io_context& io) -> asio::awaitable<void> {
             // SIGTERM (blocked since the fork) reaches this signal_set, whenever it came.
             asio::signal_set stop(io, SIGTERM);
             ::sigprocmask(SIG_SETMASK, &unblocked, nullptr);
@@ -144,19 +142,7 @@ int member(sysv::key k, int index, int generation, const sigset_t& unblocked) {
                          static_cast<unsigned long long>(seen.gaps),
                          static_cast<unsigned long long>(seen.missed));
         },
-        [&](std::exception_ptr e) {
-            result = 0;
-            if (e) {
-                try {
-                    std::rethrow_exception(e);
-                } catch (const std::exception& ex) {
-                    std::fprintf(stderr, "pid %d: %s\n", ::getpid(), ex.what());
-                }
-                result = 97;
-            }
-        });
-    io.run();
-    return result;
+        std::chrono::seconds(600));
 }
 
 std::chrono::seconds soak_duration() {

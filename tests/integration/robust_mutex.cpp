@@ -7,17 +7,13 @@
 
 import sysv.mutex;
 
+#include "harness_ipc.hpp"
+
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
 using boost::system::error_code;
 
 namespace {
-
-sysv::semaphore_set make_set(sysv_test::ipc_guard& guard) {
-    auto set = sysv::semaphore_set::create(sysv::key::private_key(), {1, 0});
-    guard.semaphores(set);
-    return set;
-}
 
 /// A child that takes the lock, optionally marks where it is in `progress` (semaphore 2 of the
 /// set +1), and is killed holding it. `expect_owner_dead`: it must be told of an earlier death.
@@ -46,7 +42,7 @@ BOOST_AUTO_TEST_SUITE(robust_mutex)
 
 SYSV_CO_TEST_CASE(an_owner_killed_holding_it_is_reported_until_marked_consistent) {
     sysv_test::ipc_guard guard;
-    auto raw = make_set(guard);
+    auto raw = sysv_test::private_set(guard, {1, 0});
     const int id = raw.id();
     sysv::robust_mutex m(co_await asio::this_coro::executor, std::move(raw));
     {
@@ -78,7 +74,7 @@ SYSV_CO_TEST_CASE(an_owner_killed_holding_it_is_reported_until_marked_consistent
 
 SYSV_CO_TEST_CASE(a_death_during_the_repair_is_reported_again) {
     sysv_test::ipc_guard guard;
-    auto raw = make_set(guard);
+    auto raw = sysv_test::private_set(guard, {1, 0});
     const int id = raw.id();
     sysv::robust_mutex m(co_await asio::this_coro::executor, std::move(raw));
     auto first = die_holding(id, false);
@@ -92,7 +88,7 @@ SYSV_CO_TEST_CASE(a_death_during_the_repair_is_reported_again) {
 
 SYSV_CO_TEST_CASE(a_waiter_is_told_when_the_holder_it_waits_for_is_killed) {
     sysv_test::ipc_guard guard;
-    auto raw = make_set(guard);
+    auto raw = sysv_test::private_set(guard, {1, 0});
     const int id = raw.id();
     sysv::robust_mutex m(co_await asio::this_coro::executor, std::move(raw));
     sysv_test::child holder([id] {
@@ -117,7 +113,7 @@ SYSV_CO_TEST_CASE(a_waiter_is_told_when_the_holder_it_waits_for_is_killed) {
 
 BOOST_AUTO_TEST_CASE(try_lock_reports_a_dead_owner_with_the_lock_held) {
     sysv_test::ipc_guard guard;
-    auto raw = make_set(guard);
+    auto raw = sysv_test::private_set(guard, {1, 0});
     const int id = raw.id();
     asio::io_context io;
     sysv::robust_mutex m(io, std::move(raw));
@@ -139,7 +135,7 @@ BOOST_AUTO_TEST_CASE(try_lock_reports_a_dead_owner_with_the_lock_held) {
 
 BOOST_AUTO_TEST_CASE(clean_hand_offs_between_processes_are_never_reported) {
     sysv_test::ipc_guard guard;
-    auto raw = make_set(guard);
+    auto raw = sysv_test::private_set(guard, {1, 0});
     const int id = raw.id();
     auto memory = sysv::shared_memory::create(sysv::key::private_key(), 4096);
     guard.memory(memory);
@@ -177,7 +173,7 @@ BOOST_AUTO_TEST_CASE(clean_hand_offs_between_processes_are_never_reported) {
 BOOST_AUTO_TEST_CASE(an_uncontended_lock_never_completes_inline) {
     sysv_test::ipc_guard guard;
     asio::io_context io;
-    sysv::robust_mutex m(io, make_set(guard));
+    sysv::robust_mutex m(io, sysv_test::private_set(guard, {1, 0}));
     bool done = false;
     m.async_lock(
         [&](error_code ec, sysv::robust_mutex::guard lock) { done = !ec && lock.owns_lock(); });
@@ -189,7 +185,7 @@ BOOST_AUTO_TEST_CASE(an_uncontended_lock_never_completes_inline) {
 
 SYSV_CO_TEST_CASE(a_timed_lock_reports_a_dead_owner_and_gives_up_on_a_live_one) {
     sysv_test::ipc_guard guard;
-    auto raw = make_set(guard);
+    auto raw = sysv_test::private_set(guard, {1, 0});
     const int id = raw.id();
     sysv::robust_mutex m(co_await asio::this_coro::executor, std::move(raw));
     auto victim = die_holding(id, false);

@@ -18,6 +18,8 @@
 
 import sysv.core;
 
+#include "harness_ipc.hpp"
+
 namespace {
 
 using sysv_test::eventually;
@@ -74,14 +76,6 @@ bool still_running(const sysv_test::child& c) {
            info.si_pid == 0;
 }
 
-/// A set at a fresh ftok key, registered in the guard.
-sysv::semaphore_set make_set(sysv_test::ipc_guard& guard, std::initializer_list<int> values,
-                             mode_t mode = 0600) {
-    auto set = sysv::semaphore_set::create(sysv::key(guard.temp_key()), values, mode);
-    guard.semaphores(set);
-    return set;
-}
-
 std::vector<int> ints(std::initializer_list<int> values) {
     return std::vector<int>(values);
 }
@@ -132,7 +126,7 @@ BOOST_AUTO_TEST_CASE(private_sets_are_distinct) {
 
 BOOST_AUTO_TEST_CASE(getval_setval_getall_setall) {
     sysv_test::ipc_guard guard;
-    auto set = make_set(guard, {0, 0, 0});
+    auto set = sysv_test::keyed_set(guard, {0, 0, 0});
     set.set_value(1, 9);
     BOOST_TEST(set.value(0) == 0);
     BOOST_TEST(set.value(1) == 9);
@@ -189,7 +183,7 @@ BOOST_AUTO_TEST_CASE(parent_and_child_share_a_set_through_an_ftok_key) {
 
 BOOST_AUTO_TEST_CASE(getncnt_counts_a_child_blocked_in_apply) {
     sysv_test::ipc_guard guard;
-    auto set = make_set(guard, {0, 0});
+    auto set = sysv_test::keyed_set(guard, {0, 0});
     BOOST_TEST(set.waiting_for_increase(0) == 0);
 
     sysv_test::child waiter([&] {
@@ -211,7 +205,7 @@ BOOST_AUTO_TEST_CASE(getncnt_counts_a_child_blocked_in_apply) {
 
 BOOST_AUTO_TEST_CASE(getzcnt_counts_a_child_blocked_waiting_for_zero) {
     sysv_test::ipc_guard guard;
-    auto set = make_set(guard, {0, 2});
+    auto set = sysv_test::keyed_set(guard, {0, 2});
     BOOST_TEST(set.waiting_for_zero(1) == 0);
 
     sysv_test::child waiter([&] {
@@ -260,7 +254,7 @@ BOOST_AUTO_TEST_CASE(ipc_stat_reports_size_owner_mode_and_last_operation) {
 
 BOOST_AUTO_TEST_CASE(ipc_set_changes_the_mode_seen_by_ipc_stat) {
     sysv_test::ipc_guard guard;
-    auto set = make_set(guard, {1});
+    auto set = sysv_test::keyed_set(guard, {1});
     BOOST_TEST(set.stat().owner.mode == 0600u);
 
     set.set_permissions({::geteuid(), ::getegid(), 0604});
@@ -313,13 +307,13 @@ BOOST_AUTO_TEST_CASE(ipc_rmid_removes_the_set) {
 
 BOOST_AUTO_TEST_CASE(scoped_remover_removes_unless_released) {
     sysv_test::ipc_guard guard;
-    auto set = make_set(guard, {1});
+    auto set = sysv_test::keyed_set(guard, {1});
     const int id = set.id();
     { sysv::scoped_remover remover(set); }
     BOOST_TEST(!sysv_test::semaphore_set_exists(id));
     BOOST_TEST(!set.is_open());
 
-    auto kept = make_set(guard, {1});
+    auto kept = sysv_test::keyed_set(guard, {1});
     {
         sysv::scoped_remover remover(kept);
         remover.release();
@@ -329,7 +323,7 @@ BOOST_AUTO_TEST_CASE(scoped_remover_removes_unless_released) {
 
 BOOST_AUTO_TEST_CASE(handles_move) {
     sysv_test::ipc_guard guard;
-    auto set = make_set(guard, {6, 7});
+    auto set = sysv_test::keyed_set(guard, {6, 7});
     const int id = set.id();
     sysv::semaphore_set moved(std::move(set));
     BOOST_TEST(moved.id() == id);
@@ -374,7 +368,7 @@ BOOST_AUTO_TEST_CASE(operations_describe_their_semop) {
 
 BOOST_AUTO_TEST_CASE(acquire_and_release_move_units) {
     sysv_test::ipc_guard guard;
-    auto set = make_set(guard, {0});
+    auto set = sysv_test::keyed_set(guard, {0});
     set.apply(sysv::op::release(0, 5));
     BOOST_TEST(set.value(0) == 5);
     set.apply(sysv::op::acquire(0, 3));
@@ -390,7 +384,7 @@ BOOST_AUTO_TEST_CASE(acquire_and_release_move_units) {
 
 BOOST_AUTO_TEST_CASE(a_group_is_applied_all_or_nothing) {
     sysv_test::ipc_guard guard;
-    auto set = make_set(guard, {1, 0});
+    auto set = sysv_test::keyed_set(guard, {1, 0});
 
     // Semaphore 1 is empty: nothing happens, semaphore 0 is not taken.
     BOOST_TEST(!set.try_apply({sysv::op::acquire(0), sysv::op::acquire(1)}));
@@ -445,7 +439,7 @@ BOOST_AUTO_TEST_CASE(undo_restores_the_value_of_a_killed_holder) {
     for (const bool undo : {true, false}) {
         BOOST_TEST_CONTEXT("with" << (undo ? "" : "out") << " SEM_UNDO") {
             sysv_test::ipc_guard guard;
-            auto set = make_set(guard, {1});
+            auto set = sysv_test::keyed_set(guard, {1});
             pipe_pair ready;
             sysv_test::child holder([&] {
                 const auto take = sysv::op::acquire(0);
@@ -467,7 +461,7 @@ BOOST_AUTO_TEST_CASE(undo_restores_the_value_of_a_killed_holder) {
 
 BOOST_AUTO_TEST_CASE(undo_adjustments_cancel_for_a_lock_given_back) {
     sysv_test::ipc_guard guard;
-    auto set = make_set(guard, {1});
+    auto set = sysv_test::keyed_set(guard, {1});
     const auto status = sysv_test::run_in_child([&] {
         set.apply(sysv::op::acquire(0).undo());
         set.apply(sysv::op::release(0).undo());
@@ -481,7 +475,7 @@ BOOST_AUTO_TEST_CASE(undo_adjustments_cancel_for_a_lock_given_back) {
 
 BOOST_AUTO_TEST_CASE(wait_zero_completes_only_after_the_value_reaches_zero) {
     sysv_test::ipc_guard guard;
-    auto set = make_set(guard, {2});
+    auto set = sysv_test::keyed_set(guard, {2});
     pipe_pair done;
     sysv_test::child waiter([&] {
         set.apply(sysv::op::wait_zero(0));
@@ -504,7 +498,7 @@ BOOST_AUTO_TEST_CASE(wait_zero_completes_only_after_the_value_reaches_zero) {
 
 BOOST_AUTO_TEST_CASE(try_apply_for_times_out_without_applying) {
     sysv_test::ipc_guard guard;
-    auto set = make_set(guard, {0, 1});
+    auto set = sysv_test::keyed_set(guard, {0, 1});
     BOOST_TEST(!set.try_apply_for({sysv::op::acquire(1), sysv::op::acquire(0)},
                                   std::chrono::milliseconds(30)));
     BOOST_TEST(set.values() == ints({0, 1}), boost::test_tools::per_element());
@@ -525,7 +519,7 @@ BOOST_AUTO_TEST_CASE(try_apply_for_succeeds_when_released_during_the_wait) {
     for (const auto timeout :
          {std::chrono::nanoseconds(std::chrono::seconds(60)), std::chrono::nanoseconds::max()}) {
         sysv_test::ipc_guard guard;
-        auto set = make_set(guard, {0});
+        auto set = sysv_test::keyed_set(guard, {0});
         sysv_test::child releaser([&] {
             SYSV_CHILD_CHECK(eventually([&] { return set.waiting_for_increase(0) == 1; }));
             set.apply(sysv::op::release(0));
@@ -602,7 +596,7 @@ BOOST_AUTO_TEST_CASE(apply_is_retried_across_eintr) {
         return;
     }
     sysv_test::ipc_guard guard;
-    auto set = make_set(guard, {0});
+    auto set = sysv_test::keyed_set(guard, {0});
     pipe_pair handled;
     eintr_handler handler(handled);
     auto interrupter = interrupt_then_release(set, handled);
@@ -622,7 +616,7 @@ BOOST_AUTO_TEST_CASE(try_apply_for_is_retried_across_eintr) {
         return;
     }
     sysv_test::ipc_guard guard;
-    auto set = make_set(guard, {0});
+    auto set = sysv_test::keyed_set(guard, {0});
     pipe_pair handled;
     eintr_handler handler(handled);
     auto interrupter = interrupt_then_release(set, handled);

@@ -12,6 +12,11 @@
 
 import sysv.channel;
 
+#include "harness_ipc.hpp"
+
+using sysv_test::barrier;
+using sysv_test::run_coroutine;
+
 #include "channel_lock.hpp"
 
 namespace asio = boost::asio;
@@ -38,38 +43,6 @@ int outcome_of(const error_code& ec) {
     std::fprintf(stderr, "pid %d: unexpected error %s\n", ::getpid(), ec.message().c_str());
     return other_error;
 }
-
-int run_coroutine(std::function<asio::awaitable<int>(asio::io_context&)> body,
-                  std::chrono::seconds limit = 30s) {
-    asio::io_context io;
-    int result = timed_out;
-    asio::co_spawn(io, body(io), [&](std::exception_ptr e, int r) {
-        if (e) {
-            try {
-                std::rethrow_exception(e);
-            } catch (const std::exception& ex) {
-                std::fprintf(stderr, "pid %d: %s\n", ::getpid(), ex.what());
-            }
-            result = threw;
-        } else {
-            result = r;
-        }
-    });
-    io.run_for(limit);
-    return result;
-}
-
-struct barrier {
-    sysv::semaphore_set set;
-    barrier(sysv_test::ipc_guard& guard, int n)
-        : set(sysv::semaphore_set::create(sysv::key::private_key(), {n})) {
-        guard.semaphores(set);
-    }
-    void arrive_and_wait() {
-        set.apply(sysv::op::acquire(0));
-        set.apply(sysv::op::wait_zero(0));
-    }
-};
 
 sysv::channel_options small_channel() {
     sysv::channel_options o;

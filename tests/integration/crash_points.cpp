@@ -15,6 +15,8 @@
 
 import sysv.channel;
 
+using sysv_test::run_coroutine;
+
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
 using boost::system::error_code;
@@ -73,24 +75,6 @@ sysv::channel_options options() {
 }
 
 const std::string victim_text = "from the victim";
-
-int run_coroutine(std::function<asio::awaitable<void>(asio::io_context&)> body) {
-    asio::io_context io;
-    int result = 96;
-    asio::co_spawn(io, body(io), [&](std::exception_ptr e) {
-        result = 0;
-        if (e) {
-            try {
-                std::rethrow_exception(e);
-            } catch (const std::exception& ex) {
-                std::fprintf(stderr, "pid %d: %s\n", ::getpid(), ex.what());
-            }
-            result = 97;
-        }
-    });
-    io.run_for(30s);
-    return result;
-}
 
 /// The child: arms `point`, then goes through its scenario; it should die on the way.
 int victim(crash_point point, sysv::key k) {

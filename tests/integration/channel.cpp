@@ -13,6 +13,11 @@
 
 import sysv.channel;
 
+#include "harness_ipc.hpp"
+
+using sysv_test::barrier;
+using sysv_test::run_coroutine;
+
 #include "channel_lock.hpp"
 
 namespace asio = boost::asio;
@@ -24,41 +29,6 @@ namespace {
 std::string text_of(const sysv::channel_message& m) {
     return std::string(m.text());
 }
-
-/// Runs `body` as a coroutine on a fresh io_context in this process; returns its result, or 97
-/// when it threw (the exception is printed), or 96 when it did not finish within `limit`.
-int run_coroutine(std::function<asio::awaitable<int>(asio::io_context&)> body,
-                  std::chrono::seconds limit = 120s) {
-    asio::io_context io;
-    int result = 96;
-    asio::co_spawn(io, body(io), [&](std::exception_ptr e, int r) {
-        if (e) {
-            try {
-                std::rethrow_exception(e);
-            } catch (const std::exception& ex) {
-                std::fprintf(stderr, "pid %d: %s\n", ::getpid(), ex.what());
-            }
-            result = 97;
-        } else {
-            result = r;
-        }
-    });
-    io.run_for(limit);
-    return result;
-}
-
-/// A barrier between processes: a semaphore set with one semaphore at `n`.
-struct barrier {
-    sysv::semaphore_set set;
-    explicit barrier(sysv_test::ipc_guard& guard, int n)
-        : set(sysv::semaphore_set::create(sysv::key::private_key(), {n})) {
-        guard.semaphores(set);
-    }
-    void arrive_and_wait() {
-        set.apply(sysv::op::acquire(0));
-        set.apply(sysv::op::wait_zero(0));
-    }
-};
 
 sysv::channel_options options_with(std::uint32_t readers, std::uint64_t capacity,
                                    std::chrono::milliseconds grace) {
