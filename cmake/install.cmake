@@ -10,7 +10,7 @@ include(CMakePackageConfigHelpers)
 set(ASIO_SYSV_INSTALL_DIR "${CMAKE_INSTALL_DATADIR}/asio_sysv")
 install(DIRECTORY "${PROJECT_SOURCE_DIR}/modules/"
         DESTINATION "${ASIO_SYSV_INSTALL_DIR}/modules"
-        FILES_MATCHING PATTERN "*.cppm" PATTERN "*.cpp" PATTERN "asio_sysv.cmake")
+        FILES_MATCHING PATTERN "*.cppm" PATTERN "*.cpp" PATTERN "*.hpp" PATTERN "asio_sysv.cmake")
 
 configure_package_config_file("${PROJECT_SOURCE_DIR}/cmake/asio_sysvConfig.cmake.in"
     "${PROJECT_BINARY_DIR}/asio_sysvConfig.cmake"
