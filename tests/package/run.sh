@@ -6,7 +6,8 @@
 #       configures the library alone, installs it to a prefix, then builds a consumer that calls
 #       find_package(asio_sysv) in another build type (Release; the library's build is Debug)
 #       at -j2, runs it, checks that the BMIs were compiled with the consumer's flags and that
-#       no project warning flag reached the consumer, then edits an installed module interface
+#       no project warning flag reached the consumer, checks that `import sysv;` makes no
+#       sysv::detail name visible (internals_hidden.cpp), then edits an installed module interface
 #       and checks that one build recompiles the consumer and leaves nothing to do.
 #   run.sh fetchcontent    <source-dir> <work-dir> <clang++> <ninja>
 #       builds a FetchContent consumer that sets no C++ standard at -j2 and runs it.
@@ -89,6 +90,24 @@ find_package)
     [[ "$flags" == *"$work/prefix/share/asio_sysv/modules/"* ]] ||
         fail "sysv.core was not compiled from the installed sources: $flags"
     check_no_project_warnings "$work/consumer" || fail "project warning flags leaked"
+
+    step "import sysv; gives the public API and no name of sysv::detail"
+    probe_compile() {
+        local command
+        command=$(compile_flags "$work/consumer" "/consumer.cpp")
+        command=${command% -c *}
+        command=$(sed -E 's/ -o [^ ]+//' <<<"$command")
+        (cd "$work/consumer" && $command "$@" -o "$work/probe.o" -c "$here/internals_hidden.cpp" 2>&1)
+    }
+    probe_compile >"$work/probe.log" || { cat "$work/probe.log"; fail "the public names do not compile"; }
+    for name in doorbell_table poll_service channel_state; do
+        if probe_compile "-DSYSV_PROBE_DETAIL=$name" >"$work/probe-$name.log"; then
+            fail "sysv::detail::$name is visible to an import sysv; user"
+        fi
+        grep -q "must be imported from module 'sysv\.[a-z]*' before it is required" \
+            "$work/probe-$name.log" || { cat "$work/probe-$name.log"; fail "naming sysv::detail::$name failed for another reason"; }
+        echo "sysv::detail::$name: not visible"
+    done
 
     step "editing an installed module interface rebuilds its importer in one build"
     object=$(find "$work/consumer/CMakeFiles/consumer.dir" -name consumer.cpp.o)
