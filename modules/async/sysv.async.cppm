@@ -291,8 +291,14 @@ inline wake_status wake_status_of(boost::asio::execution_context& context) {
 // Asynchronous semaphore set
 // ---------------------------------------------------------------------------------------------
 
-/// A semaphore set with an executor: everything semaphore_set does, plus waits that are Asio
-/// asynchronous operations and never block a thread.
+/// A semaphore set with an executor: an I/O object that holds a semaphore_set and adds waits that
+/// are Asio asynchronous operations and never block a thread.
+///
+/// It holds its semaphore_set (it does not derive from it, the way Asio's I/O objects hold their
+/// implementation): every synchronous member of semaphore_set is here too, and those that can
+/// release units or remove the set (try_apply, apply, try_apply_for, set_value, set_values,
+/// remove) also wake this process's own waiters on the set at once. There is no path to the
+/// set that skips that: handle() gives read-only access, release_set() hands the set back.
 ///
 /// Every async_* function:
 ///  * has the completion signature `void(boost::system::error_code)` and accepts any completion
@@ -315,7 +321,7 @@ inline wake_status wake_status_of(boost::asio::execution_context& context) {
 /// Thread safety: as for Asio's I/O objects, one object must not be used from two threads at
 /// once; waits of one execution context may complete on any of its threads (use a strand).
 template <class Executor = boost::asio::any_io_executor>
-class basic_async_semaphore_set : public semaphore_set {
+class basic_async_semaphore_set {
 public:
     using executor_type = Executor;
     template <class OtherExecutor>
@@ -326,7 +332,7 @@ public:
     /// An object using `ex` for its waits, taking over `set`.
     explicit basic_async_semaphore_set(const executor_type& ex, semaphore_set set = {},
                                        const backoff& default_backoff = {})
-        : semaphore_set(std::move(set)), executor_(ex), backoff_(default_backoff),
+        : set_(std::move(set)), executor_(ex), backoff_(default_backoff),
           owner_(detail::poll_service::new_owner_id()) {}
 
     template <class ExecutionContext>
@@ -337,7 +343,7 @@ public:
 
     /// Pending waits of the moved-from object now belong to this one (cancel() reaches them).
     basic_async_semaphore_set(basic_async_semaphore_set&& other) noexcept
-        : semaphore_set(std::move(other)), executor_(other.executor_), backoff_(other.backoff_),
+        : set_(std::move(other.set_)), executor_(other.executor_), backoff_(other.backoff_),
           owner_(std::exchange(other.owner_, detail::poll_service::new_owner_id())),
           service_(other.service_) {}
     /// Conversion from an object with another executor type (e.g. as_default_on).
@@ -345,13 +351,13 @@ public:
         requires std::is_constructible_v<Executor, const OtherExecutor&> &&
                      (!std::is_same_v<OtherExecutor, Executor>)
     basic_async_semaphore_set(basic_async_semaphore_set<OtherExecutor>&& other) noexcept
-        : semaphore_set(std::move(other)), executor_(other.executor_), backoff_(other.backoff_),
+        : set_(std::move(other.set_)), executor_(other.executor_), backoff_(other.backoff_),
           owner_(std::exchange(other.owner_, detail::poll_service::new_owner_id())),
           service_(other.service_) {}
     basic_async_semaphore_set& operator=(basic_async_semaphore_set&& other) noexcept {
         if (this != &other) {
             cancel();
-            semaphore_set::operator=(std::move(other));
+            set_ = std::move(other.set_);
             executor_ = other.executor_;
             backoff_ = other.backoff_;
             owner_ = std::exchange(other.owner_, detail::poll_service::new_owner_id());
@@ -430,34 +436,96 @@ public:
         return async_apply(op::wait_zero(index), std::forward<Token>(token));
     }
 
+    // The set: what semaphore_set offers, through this object.
+
+    /// The semaphore set, read-only (stat, values, description...). Changes go through this
+    /// object, which wakes this process's waiters when they release units.
+    const semaphore_set& handle() const noexcept { return set_; }
+    bool is_open() const noexcept { return set_.is_open(); }
+    int id() const noexcept { return set_.id(); }
+    key ipc_key() const noexcept { return set_.ipc_key(); }
+    std::size_t size() const noexcept { return set_.size(); }
+    std::string description() const { return set_.description(); }
+    error_code validate(operation_list ops) const noexcept { return set_.validate(ops); }
+
     /// Applies `ops` now if possible (see semaphore_set::try_apply); a release wakes this
     /// process's waiters on the set at once instead of at their next poll.
     bool try_apply(operation_list ops, error_code& ec) {
-        const bool applied = semaphore_set::try_apply(ops, ec);
-        if (applied && detail::releases(ops))
-            service().kick(id());
-        return applied;
+        return after_change(ops, set_.try_apply(ops, ec));
     }
-    bool try_apply(operation_list ops) {
-        const bool applied = semaphore_set::try_apply(ops);
-        if (applied && detail::releases(ops))
-            service().kick(id());
-        return applied;
+    bool try_apply(operation_list ops) { return after_change(ops, set_.try_apply(ops)); }
+    /// semaphore_set::apply: blocks the calling thread until `ops` can be applied (use
+    /// async_apply in an event loop); a release wakes this process's waiters at once.
+    void apply(operation_list ops, error_code& ec) {
+        set_.apply(ops, ec);
+        after_change(ops, !ec);
     }
+    void apply(operation_list ops) {
+        set_.apply(ops);
+        after_change(ops, true);
+    }
+    /// semaphore_set::try_apply_for: blocks the calling thread at most `timeout`.
+    bool try_apply_for(operation_list ops, std::chrono::nanoseconds timeout, error_code& ec) {
+        return after_change(ops, set_.try_apply_for(ops, timeout, ec));
+    }
+    bool try_apply_for(operation_list ops, std::chrono::nanoseconds timeout) {
+        return after_change(ops, set_.try_apply_for(ops, timeout));
+    }
+
+    int value(std::size_t index, error_code& ec) const { return set_.value(index, ec); }
+    int value(std::size_t index) const { return set_.value(index); }
+    std::vector<int> values(error_code& ec) const { return set_.values(ec); }
+    std::vector<int> values() const { return set_.values(); }
+    /// SETVAL / SETALL; this process's waiters on the set look again at once.
+    void set_value(std::size_t index, int value, error_code& ec) {
+        set_.set_value(index, value, ec);
+        if (!ec)
+            kick(id());
+    }
+    void set_value(std::size_t index, int value) {
+        set_.set_value(index, value);
+        kick(id());
+    }
+    void set_values(std::span<const int> values, error_code& ec) {
+        set_.set_values(values, ec);
+        if (!ec)
+            kick(id());
+    }
+    void set_values(std::span<const int> values) {
+        set_.set_values(values);
+        kick(id());
+    }
+    void set_values(std::initializer_list<int> values) {
+        set_values(std::span<const int>(values.begin(), values.size()));
+    }
+    pid_t last_pid(std::size_t index, error_code& ec) const { return set_.last_pid(index, ec); }
+    pid_t last_pid(std::size_t index) const { return set_.last_pid(index); }
+    int waiting_for_increase(std::size_t index, error_code& ec) const {
+        return set_.waiting_for_increase(index, ec);
+    }
+    int waiting_for_increase(std::size_t index) const { return set_.waiting_for_increase(index); }
+    int waiting_for_zero(std::size_t index, error_code& ec) const {
+        return set_.waiting_for_zero(index, ec);
+    }
+    int waiting_for_zero(std::size_t index) const { return set_.waiting_for_zero(index); }
+    semaphore_set_status stat(error_code& ec) const { return set_.stat(ec); }
+    semaphore_set_status stat() const { return set_.stat(); }
+    void set_permissions(const permissions& p, error_code& ec) { set_.set_permissions(p, ec); }
+    void set_permissions(const permissions& p) { set_.set_permissions(p); }
 
     /// Removes the set (IPC_RMID); this process's waiters on it complete with errc::removed at
     /// once, other processes' when the removal's doorbell reaches them (at their next poll
     /// without doorbells).
     void remove(error_code& ec) {
         const int old_id = id();
-        semaphore_set::remove(ec);
+        set_.remove(ec);
         if (!ec)
-            service().kick(old_id);
+            kick(old_id);
     }
     void remove() {
         const int old_id = id();
-        semaphore_set::remove();
-        service().kick(old_id);
+        set_.remove();
+        kick(old_id);
     }
 
     /// Completes every pending wait of this object with operation_aborted.
@@ -468,7 +536,12 @@ public:
     /// Cancels pending waits and gives up the handle (the kernel object stays).
     void close() {
         cancel();
-        semaphore_set::operator=(semaphore_set());
+        set_ = semaphore_set();
+    }
+    /// Cancels pending waits and hands the set back (this object is then closed).
+    semaphore_set release_set() {
+        cancel();
+        return std::move(set_);
     }
 
     /// Number of waits pending on this object's execution context (all objects).
@@ -486,6 +559,17 @@ private:
             self->start_wait(std::forward<Handler>(handler), std::move(group), b, timeout);
         }
     };
+
+    /// Wakes this process's waiters on `set_id` when `ops` released something and was applied.
+    bool after_change(operation_list ops, bool applied) {
+        if (applied && detail::releases(ops))
+            kick(id());
+        return applied;
+    }
+    void kick(int set_id) {
+        if (set_id >= 0)
+            service().kick(set_id);
+    }
 
     detail::poll_service& service() const {
         if (service_ == nullptr)
@@ -507,7 +591,7 @@ private:
             switch (detail::try_semop(id(), raw, ec)) {
             case detail::attempt_result::applied:
                 if (group.releases())
-                    service().kick(id());
+                    kick(id());
                 break;
             case detail::attempt_result::failed:
                 break;
@@ -532,6 +616,7 @@ private:
     template <class>
     friend class basic_async_semaphore_set;
 
+    semaphore_set set_;
     executor_type executor_;
     backoff backoff_;
     std::uint64_t owner_;

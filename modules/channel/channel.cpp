@@ -162,8 +162,8 @@ bool channel_state::check_or_initialise(error_code& ec) {
         check_header();
     } else {
         // Initialise under the lock: one process does it.
-        if (!set().try_apply_for(
-                lock_op(), std::chrono::milliseconds(options_.open.initialisation_timeout), ec)) {
+        if (!apply_now(lock_op(), ec,
+                       std::chrono::milliseconds(options_.open.initialisation_timeout))) {
             if (ec == errc::removed) { // removed by a joiner that found it stale: try again
                 ec.clear();
                 return false;

@@ -26,7 +26,7 @@ struct channel_semaphores {
 /// on which semaphore), so the channel's logic is compiled once, not in every importer.
 ///
 /// The semaphore set lives in the template (it is an async one): this part reads it as the
-/// semaphore_set it derives from (set()), and applies and removes through the async set
+/// async semaphore set's handle (set()), and applies and removes through the async set
 /// (apply_now(), remove_set()), which wakes this process's own waiters on it at once.
 class channel_state {
 public:
@@ -48,10 +48,12 @@ protected:
     channel_state& operator=(channel_state&&) noexcept = default;
     virtual ~channel_state() = default;
 
-    virtual semaphore_set& set() noexcept = 0;
-    const semaphore_set& set() const noexcept { return const_cast<channel_state&>(*this).set(); }
-    /// try_apply on the async set (a release wakes this process's waiters at once).
-    virtual bool apply_now(operation_list ops, error_code& ec) = 0;
+    /// The set, read-only: changes go through apply_now() and remove_set().
+    virtual const semaphore_set& set() const noexcept = 0;
+    /// try_apply on the async set (a release wakes this process's waiters at once); with a
+    /// timeout, try_apply_for (blocks the calling thread at most that long).
+    virtual bool apply_now(operation_list ops, error_code& ec,
+                           std::chrono::nanoseconds timeout = {}) = 0;
     virtual void remove_set(error_code& ec) = 0;
 
     // Opening (open_or_create is open_objects, then the template adopts the set, then

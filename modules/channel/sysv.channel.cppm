@@ -328,8 +328,11 @@ private:
     basic_channel(const executor_type& ex, const channel_options& options)
         : channel_state(options), set_(ex) {}
 
-    semaphore_set& set() noexcept override { return set_; }
-    bool apply_now(operation_list ops, error_code& ec) override { return set_.try_apply(ops, ec); }
+    const semaphore_set& set() const noexcept override { return set_.handle(); }
+    bool apply_now(operation_list ops, error_code& ec, std::chrono::nanoseconds timeout) override {
+        return timeout == timeout.zero() ? set_.try_apply(ops, ec)
+                                         : set_.try_apply_for(ops, timeout, ec);
+    }
     void remove_set(error_code& ec) override { set_.remove(ec); }
 
     /// One attempt of open_or_create (see open_objects).

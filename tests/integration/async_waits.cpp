@@ -6,11 +6,14 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 
 #include <atomic>
+#include <cstdlib>
+#include <functional>
 #include <future>
 #include <memory>
 #include <optional>
 #include <random>
 #include <thread>
+#include <utility>
 #include <vector>
 
 import sysv.mutex;
@@ -265,18 +268,52 @@ BOOST_AUTO_TEST_CASE(apply_for_times_out_without_applying_anything) {
     BOOST_TEST((set.values() == std::vector<int>{0, 0}));
 }
 
-BOOST_AUTO_TEST_CASE(a_release_in_this_process_wakes_local_waiters_at_once) {
+BOOST_AUTO_TEST_CASE(every_change_through_the_async_set_wakes_local_waiters_at_once) {
+    // In polling mode (no doorbells) with a 10 s backstop: only the object's own wake of its
+    // context's waiters can explain a completion within the 5 s the context runs.
+    using change = std::function<void(sysv::async_semaphore_set&)>;
+    const std::vector<std::pair<const char*, change>> changes{
+        {"try_apply", [](auto& set) { set.try_apply(sysv::op::release(0)); }},
+        {"apply", [](auto& set) { set.apply(sysv::op::release(0)); }},
+        {"try_apply_for", [](auto& set) { set.try_apply_for(sysv::op::release(0), 1s); }},
+        {"set_value", [](auto& set) { set.set_value(0, 1); }},
+        {"set_values", [](auto& set) { set.set_values({1}); }},
+    };
+    for (const auto& [name, make_change] : changes) {
+        sysv_test::ipc_guard guard;
+        auto semaphores = sysv_test::private_set(guard, {0});
+        const auto status = sysv_test::run_in_child([&, &make_change = make_change] {
+            ::setenv("SYSV_WAIT_MODE", "polling", 1);
+            asio::io_context io;
+            sysv::backoff slow{0, std::chrono::microseconds(10s), 2.0,
+                               std::chrono::microseconds(10s), 0.0};
+            sysv::async_semaphore_set set(io, std::move(semaphores), slow);
+            bool done = false;
+            set.async_acquire(0, [&](error_code ec) { done = !ec; });
+            asio::steady_timer t(io, 20ms);
+            t.async_wait([&](error_code) { make_change(set); });
+            io.run_for(5s);
+            SYSV_CHILD_CHECK(sysv::wake_mode_of(io) == sysv::wake_mode::polling);
+            SYSV_CHILD_CHECK(done);
+            return 0;
+        });
+        BOOST_TEST(status.exited_with(0), "the waiter was not woken at once after " << name);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(release_set_hands_the_set_back_and_aborts_the_waits) {
     sysv_test::ipc_guard guard;
     asio::io_context io;
-    // A long max_sleep: only the kick can explain a prompt completion.
-    sysv::backoff slow{0, std::chrono::microseconds(10s), 2.0, std::chrono::microseconds(10s), 0.0};
-    sysv::async_semaphore_set set(io, sysv_test::private_set(guard, {0}), slow);
-    bool done = false;
-    set.async_acquire(0, [&](error_code ec) { done = !ec; });
-    asio::steady_timer t(io, 20ms);
-    t.async_wait([&](error_code) { set.try_apply(sysv::op::release(0)); });
+    sysv::async_semaphore_set set(io, sysv_test::private_set(guard, {0}));
+    const int id = set.id();
+    error_code result;
+    set.async_acquire(0, [&](error_code ec) { result = ec; });
+    sysv::semaphore_set back = set.release_set();
     io.run_for(5s);
-    BOOST_TEST(done);
+    BOOST_TEST((result == asio::error::operation_aborted));
+    BOOST_TEST(!set.is_open());
+    BOOST_TEST(back.id() == id);
+    BOOST_TEST(back.value(0) == 0);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -11,4 +11,6 @@ using probe = sysv::detail::SYSV_PROBE_DETAIL;
 using probe = sysv::async_semaphore_set;
 #endif
 
-int main() { return sizeof(probe) == 0; }
+int main() {
+    return sizeof(probe) == 0;
+}
