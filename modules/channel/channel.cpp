@@ -7,6 +7,7 @@ module;
 
 #include <cerrno>
 #include <csignal>
+#include <cstdio>
 #include <sys/sem.h>
 #include <sys/types.h>
 #include <time.h>
@@ -206,10 +207,31 @@ bool channel_state::check_or_initialise(error_code& ec) {
     return false;
 }
 
-std::string channel_state::open_detail(const error_code& ec) const {
-    // What the thrown error of open_or_create adds: the shape, and for a limit, what the
-    // channel needs against what the kernel allows.
+std::string channel_state::open_detail(const error_code& ec, key k) const {
+    // What the thrown error of open_or_create adds: the shape; for a foreign object, whose the
+    // objects at the key are; for a limit, what the channel needs against what the kernel allows.
     std::string s = ring::describe(options_.shape);
+    if (ec == errc::foreign_object) {
+        const auto octal = [](mode_t mode) {
+            char text[8];
+            std::snprintf(text, sizeof text, "%04o", static_cast<unsigned>(mode & 0777));
+            return std::string(text);
+        };
+        const auto owners = [&](const permissions& owner, uid_t creator) {
+            return "owner uid " + std::to_string(owner.owner_uid) + ", created by uid " +
+                   std::to_string(creator) + ", mode " + octal(owner.mode);
+        };
+        s += "; wanted owner and creator uid " + std::to_string(::geteuid()) + ", mode " +
+             octal(options_.mode);
+        error_code ignored;
+        if (auto set = semaphore_set::open(k, ignored); !ignored)
+            if (const auto st = set.stat(ignored); !ignored)
+                s += "; the semaphore set at the key: " + owners(st.owner, st.creator_uid);
+        if (auto segment = shared_memory::open(k, ignored); !ignored)
+            if (const auto st = segment.stat(ignored); !ignored)
+                s += "; the segment at the key: " + owners(st.owner, st.creator_uid);
+        return s;
+    }
     if (ec != errc::limit_exceeded)
         return s;
     const auto l = limits();

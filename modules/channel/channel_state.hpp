@@ -61,7 +61,7 @@ protected:
     // removed meanwhile); the stale one was removed, try again.
     bool open_objects(key k, semaphore_set& set, error_code& ec);
     bool check_or_initialise(error_code& ec);
-    std::string open_detail(const error_code& ec) const;
+    std::string open_detail(const error_code& ec, key k) const;
 
     // The room's objects.
     error_code check_objects();

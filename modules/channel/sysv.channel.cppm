@@ -170,7 +170,7 @@ public:
         auto ch = open_or_create(ex, k, options, ec);
         if (ec)
             detail::throw_error(ec, ch.failed_step_, "channel (key " + to_string(k) + ")",
-                                ch.open_detail(ec));
+                                ch.open_detail(ec, k));
         return ch;
     }
 

@@ -110,9 +110,12 @@ void attach(table_state& s) {
         s.reason = where + ": IPC_STAT failed: " + std::strerror(errno);
         return;
     }
-    if (ds.shm_perm.uid != ::geteuid() || (ds.shm_perm.mode & 0777) != 0600 ||
-        ds.shm_segsz < doorbell_table::size) {
-        s.reason = where + " belongs to uid " + std::to_string(ds.shm_perm.uid) + " with mode " +
+    // Created by this user too: a creator keeps the owner's rights after handing an object
+    // over, so a table another user made could be read, cleared or rung by them at will.
+    if (ds.shm_perm.uid != ::geteuid() || ds.shm_perm.cuid != ::geteuid() ||
+        (ds.shm_perm.mode & 0777) != 0600 || ds.shm_segsz < doorbell_table::size) {
+        s.reason = where + " belongs to uid " + std::to_string(ds.shm_perm.uid) +
+                   ", created by uid " + std::to_string(ds.shm_perm.cuid) + ", with mode " +
                    mode_string(ds.shm_perm.mode & 0777) + " and " + std::to_string(ds.shm_segsz) +
                    " bytes: not this user's table";
         return;

@@ -287,8 +287,10 @@ bool set_opener::step(semaphore_set& result, error_code& ec) {
 open_step classify_existing_set(const semaphore_set_status& status, std::size_t expected_size,
                                 mode_t expected_mode, uid_t expected_owner,
                                 bool creator_alive) noexcept {
-    if (status.owner.owner_uid != expected_owner || (status.owner.mode & 0777) != expected_mode ||
-        status.size != expected_size)
+    // The creator too: the kernel gives an object's creator the owner's rights for as long as
+    // the object lives, so a set another user created and handed over (IPC_SET) stays theirs.
+    if (status.owner.owner_uid != expected_owner || status.creator_uid != expected_owner ||
+        (status.owner.mode & 0777) != expected_mode || status.size != expected_size)
         return open_step::foreign;
     if (status.last_operation)
         return open_step::ready;
@@ -319,7 +321,8 @@ semaphore_set semaphore_set::open_or_create(key k, std::span<const int> initial_
                 detail += "; found id " + std::to_string(existing.id()) + " with " +
                           std::to_string(st.size) + " semaphore(s), mode " +
                           mode_string(st.owner.mode) + ", owner uid " +
-                          std::to_string(st.owner.owner_uid) +
+                          std::to_string(st.owner.owner_uid) + ", created by uid " +
+                          std::to_string(st.creator_uid) +
                           (st.last_operation ? "" : ", never published by its creator");
         }
         detail::throw_error(ec, "semget (open or create)", describe("semaphore set", k, -1),

@@ -145,8 +145,9 @@ shared_memory shared_memory::open_or_create(key k, std::size_t size, mode_t mode
                 continue;
             return {};
         }
-        if (ds.shm_perm.uid != ::geteuid() || (ds.shm_perm.mode & 0777) != mode ||
-            ds.shm_segsz < size) {
+        // The creator too (it keeps the owner's rights: see semaphore_set::open_or_create).
+        if (ds.shm_perm.uid != ::geteuid() || ds.shm_perm.cuid != ::geteuid() ||
+            (ds.shm_perm.mode & 0777) != mode || ds.shm_segsz < size) {
             ec = make_error_code(errc::foreign_object);
             return {};
         }
@@ -168,7 +169,8 @@ shared_memory shared_memory::open_or_create(key k, std::size_t size, mode_t mode
                 if (auto st = existing.stat(ignored); !ignored)
                     detail += "; found " + std::to_string(st.size) + " bytes, mode " +
                               mode_string(st.owner.mode) + ", owner uid " +
-                              std::to_string(st.owner.owner_uid) + " (id " +
+                              std::to_string(st.owner.owner_uid) + ", created by uid " +
+                              std::to_string(st.creator_uid) + " (id " +
                               std::to_string(existing.id()) + ")";
             }
         } else if (ec == errc::invalid_argument && !valid_mode(mode)) {

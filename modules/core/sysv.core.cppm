@@ -326,8 +326,11 @@ public:
     static shared_memory open_id(int id, error_code& ec);
     static shared_memory open_id(int id);
 
-    /// Creates the segment, or opens it if it exists and is ours: owned by this effective uid,
-    /// with exactly `mode`, and at least `size` bytes. Anything else is errc::foreign_object.
+    /// Creates the segment, or opens it if it exists and is ours: created by and owned by this
+    /// effective uid, with exactly `mode`, and at least `size` bytes. Anything else is
+    /// errc::foreign_object. The creator counts because the kernel gives it the owner's rights
+    /// for as long as the object lives: a segment another user created and handed over with
+    /// IPC_SET is still theirs to read, write and remove.
     static shared_memory open_or_create(key k, std::size_t size, mode_t mode, error_code& ec);
     static shared_memory open_or_create(key k, std::size_t size, mode_t mode = 0600);
     static shared_memory open_or_create(key k, std::size_t size, error_code& ec) {
@@ -509,7 +512,8 @@ public:
     /// Race-free create-or-open. Exactly one of the processes racing here creates the set and
     /// initialises it (see create()); the others wait (blocking this thread, polling every
     /// options.poll_interval; the async layer has a non-blocking variant) until the creator has
-    /// published, and verify the set is ours: same effective uid as owner, exactly `mode`, and
+    /// published, and verify the set is ours: this effective uid as owner and as creator (a
+    /// creator keeps the owner's rights after handing a set over), exactly `mode`, and
     /// initial_values.size() semaphores, else errc::foreign_object. A set whose creator does not
     /// publish within options.initialisation_timeout (or is found dead) gives
     /// errc::not_initialised. A live set is never re-initialised (SETALL would discard every

@@ -482,6 +482,15 @@ BOOST_AUTO_TEST_CASE(another_owner_is_foreign) {
                 open_step::foreign));
 }
 
+BOOST_AUTO_TEST_CASE(another_creator_is_foreign_even_when_the_set_was_handed_over) {
+    // Created by uid 1001, owner changed to 1000 with IPC_SET: 1001 keeps the owner's rights.
+    auto handed_over = published_status(2, 0600, 1000);
+    handed_over.creator_uid = 1001;
+    BOOST_TEST((classify_existing_set(handed_over, 2, 0600, 1000, true) == open_step::foreign));
+    handed_over.last_operation.reset();
+    BOOST_TEST((classify_existing_set(handed_over, 2, 0600, 1000, true) == open_step::foreign));
+}
+
 BOOST_AUTO_TEST_CASE(another_mode_is_foreign) {
     BOOST_TEST((classify_existing_set(published_status(2, 0644), 2, 0600, 1000, true) ==
                 open_step::foreign));
