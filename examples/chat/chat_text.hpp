@@ -18,9 +18,9 @@ namespace chat {
 /// question mark the sender typed.
 inline constexpr std::string_view invalid_replacement = "\xEF\xBF\xBD";
 
-/// What replaces a control character (C0, DEL, C1): '?', as the chat always did. They are valid
-/// UTF-8 but a terminal acts on them (ESC starts escape sequences, BEL rings, CSI U+009B is a
-/// one-character ESC [), so none may pass.
+/// What replaces a control character (C0, DEL, C1, bidi controls): '?', as the chat always did.
+/// They are valid UTF-8 but a terminal acts on them (ESC starts escape sequences, BEL rings, CSI
+/// U+009B is a one-character ESC [, U+202E reverses what follows), so none may pass.
 inline constexpr char control_replacement = '?';
 
 /// One step of a strict UTF-8 decoder (RFC 3629; the well-formed sequences of Unicode Table
@@ -73,14 +73,24 @@ inline utf8_step decode_utf8(std::string_view in) noexcept {
     return {code_point, trailing + 1, true};
 }
 
-/// C0 controls (including TAB, LF, ESC), DEL and C1 controls.
+/// The bidirectional format controls: ALM U+061C, LRM/RLM U+200E-U+200F, the embeddings and
+/// overrides U+202A-U+202E, the isolates U+2066-U+2069. They are invisible, and a terminal
+/// that implements the bidi algorithm reorders the text after them: a line can display other
+/// words than it holds, or appear to come from someone else ("Trojan Source", CVE-2021-42574).
+inline bool is_bidi_control(char32_t c) noexcept {
+    return c == 0x061c || c == 0x200e || c == 0x200f || (c >= 0x202a && c <= 0x202e) ||
+           (c >= 0x2066 && c <= 0x2069);
+}
+
+/// What never reaches the terminal as is: C0 controls (including TAB, LF, ESC), DEL, C1
+/// controls and the bidirectional format controls.
 inline bool is_control(char32_t c) noexcept {
-    return c < 0x20 || (c >= 0x7f && c <= 0x9f);
+    return c < 0x20 || (c >= 0x7f && c <= 0x9f) || is_bidi_control(c);
 }
 
 /// Text from other processes (names, messages) and from the command line reaches the terminal
 /// only through this: valid UTF-8 without control characters, so no escape sequence, bell or
-/// cursor movement can pass. Invalid bytes become U+FFFD, control characters '?'.
+/// cursor movement or reordering can pass. Invalid bytes become U+FFFD, control characters '?'.
 inline std::string sanitise(std::string_view in) {
     std::string out;
     out.reserve(in.size());

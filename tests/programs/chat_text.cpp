@@ -66,6 +66,19 @@ BOOST_AUTO_TEST_CASE(control_characters_become_question_marks) {
     BOOST_TEST(sanitise("\xc2\x80\xc2\x9f") == "??"); // first and last C1
 }
 
+BOOST_AUTO_TEST_CASE(bidi_controls_become_question_marks) {
+    // "Trojan Source": U+202E RIGHT-TO-LEFT OVERRIDE would show "txt.exe" as "exe.txt".
+    BOOST_TEST(sanitise("file\xe2\x80\xaetxt.exe") == "file?txt.exe");
+    BOOST_TEST(sanitise("\xe2\x80\xaa\xe2\x80\xab\xe2\x80\xac\xe2\x80\xad\xe2\x80\xae") ==
+               "?????"); // U+202A-U+202E
+    BOOST_TEST(sanitise("\xe2\x81\xa6\xe2\x81\xa7\xe2\x81\xa8\xe2\x81\xa9") ==
+               "????");                                                // isolates U+2066-U+2069
+    BOOST_TEST(sanitise("\xe2\x80\x8e\xe2\x80\x8f\xd8\x9c") == "???"); // LRM, RLM, ALM
+    // Their neighbours pass: U+200D ZWJ (emoji sequences), U+202F narrow no-break space, Arabic.
+    for (std::string_view text : {"\xe2\x80\x8d", "\xe2\x80\xaf", "\xd8\x9b\xd8\xb3"})
+        BOOST_TEST(sanitise(text) == text);
+}
+
 BOOST_AUTO_TEST_CASE(overlong_encodings_are_replaced) {
     // ESC (U+001B) and '/' written with more bytes than needed: a classic filter bypass.
     BOOST_TEST(sanitise("\xc0\x9b") == fffd + fffd); // C0 is never a lead byte
