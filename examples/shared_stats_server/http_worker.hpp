@@ -48,13 +48,17 @@ inline response make_response(http::status status, std::string body, unsigned ve
 }
 
 /// The response to a request the parser rejected (always closes the connection).
-inline response parse_error_response(const error_code& ec, const beast::flat_buffer& buffer) {
+/// `start_line_parsed`: the parser got the whole request line before the error (it then has
+/// the method and target; the line is no longer in `buffer`).
+inline response parse_error_response(const error_code& ec, const beast::flat_buffer& buffer,
+                                     bool start_line_parsed) {
     if (ec == http::error::header_limit) {
-        // Over the limit: 414 when the request line alone is that long, 431 otherwise.
+        // Over the limit: 414 when the request line alone is that long, 431 otherwise (a long
+        // header line included: the request line was complete before it).
         const auto data = buffer.data();
         const std::string_view head(static_cast<const char*>(data.data()),
                                     std::min<std::size_t>(data.size(), max_header));
-        if (head.find('\n') == std::string_view::npos)
+        if (!start_line_parsed && head.find('\n') == std::string_view::npos)
             return make_response(
                 http::status::uri_too_long,
                 "request line longer than " + std::to_string(max_header) + " bytes\n", 11);
@@ -212,7 +216,8 @@ private:
             state.idle = false;
             if (read_error) {
                 if (!connection_gone(read_error)) {
-                    response res = parse_error_response(read_error, buffer);
+                    response res =
+                        parse_error_response(read_error, buffer, !parser.get().target().empty());
                     res.keep_alive(false);
                     table_.count_request(slot_, false);
                     stream.expires_after(std::chrono::seconds(cfg_.idle_timeout_s));

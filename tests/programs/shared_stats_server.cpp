@@ -609,6 +609,8 @@ BOOST_AUTO_TEST_CASE(bad_requests_get_http_errors_and_the_server_keeps_serving) 
     for (int i = 0; i < 200; ++i)
         big_header += "X-Filler-" + std::to_string(i) + ": " + std::string(50, 'f') + "\r\n";
     big_header += "\r\n";
+    const std::string long_header_line =
+        "GET /health HTTP/1.1\r\nHost: t\r\nX-Long: " + std::string(9000, 'h') + "\r\n\r\n";
     const std::vector<bad> cases{
         {get_request("/hit/"), 400, "invalid counter name"},
         {get_request("/hit/a%20b"), 400, "invalid counter name"},
@@ -617,6 +619,7 @@ BOOST_AUTO_TEST_CASE(bad_requests_get_http_errors_and_the_server_keeps_serving) 
         {get_request("/stats?" + std::string(3000, 'q')), 414, "longer than 2048"},
         {long_line, 414, "request line longer"},
         {big_header, 431, "header larger"},
+        {long_header_line, 431, "header larger"}, // one header line over the limit
         {get_request("/nope"), 404, "unknown path"},
         {get_request("/"), 404, "unknown path"},
         {"POST /hit/x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", 405, "only GET"},
