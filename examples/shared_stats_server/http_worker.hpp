@@ -122,7 +122,23 @@ private:
     struct session_state {
         beast::tcp_stream* stream;
         bool idle = false;
+        std::chrono::steady_clock::time_point idle_since{};
     };
+
+    /// Out of file descriptors: closes the connection that has been idle (waiting for its next
+    /// request) the longest, so a new client, a health check for one, can be served. False when
+    /// no connection is idle.
+    bool close_longest_idle() {
+        session_state* oldest = nullptr;
+        for (session_state* s : sessions_)
+            if (s->idle && (oldest == nullptr || s->idle_since < oldest->idle_since))
+                oldest = s;
+        if (oldest == nullptr)
+            return false;
+        oldest->idle = false; // its read completes with operation_aborted; it closes
+        oldest->stream->cancel();
+        return true;
+    }
 
     /// Stops accepting; idle connections are closed now, busy ones after their response. The
     /// io_context then runs out of work (lock waits end within the lock timeout).
@@ -148,9 +164,23 @@ private:
             if (stopping_)
                 break;
             if (ec) {
-                if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space ||
-                    ec == asio::error::no_memory || ec.value() == ENFILE) {
-                    // Out of file descriptors or memory: pause accepting instead of spinning.
+                if (ec == asio::error::no_descriptors || ec.value() == ENFILE) {
+                    // Out of file descriptors (this process's limit, or the system's): the
+                    // connection waits in the listen backlog. Make room by closing the
+                    // connection idle the longest, and accept again once it is closed; with
+                    // none idle, pause accepting for 100 ms instead of spinning.
+                    if (close_longest_idle()) {
+                        ++idle_closed_;
+                        if ((idle_closed_ & (idle_closed_ - 1)) == 0) // 1, 2, 4, 8...: no flood
+                            log("accept: " + ec.message() + "; closed the connection idle the " +
+                                "longest (" + std::to_string(idle_closed_) + " so far)");
+                        drain_timer_.expires_after(std::chrono::milliseconds(1));
+                    } else {
+                        log("accept: " + ec.message() + "; none idle, pausing accepts for 100 ms");
+                        drain_timer_.expires_after(std::chrono::milliseconds(100));
+                    }
+                    co_await drain_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+                } else if (ec == asio::error::no_buffer_space || ec == asio::error::no_memory) {
                     log("accept: " + ec.message() + "; pausing accepts for 100 ms");
                     drain_timer_.expires_after(std::chrono::milliseconds(100));
                     co_await drain_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
@@ -211,6 +241,7 @@ private:
             parser.header_limit(max_header);
             stream.expires_after(std::chrono::seconds(cfg_.idle_timeout_s));
             state.idle = true;
+            state.idle_since = std::chrono::steady_clock::now();
             auto [read_error, read_bytes] = co_await http::async_read(
                 stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
             state.idle = false;
@@ -592,6 +623,7 @@ private:
     std::unordered_map<std::string, std::uint64_t> local_counters_;
     std::shared_ptr<batch> open_batch_;
     std::uint64_t open_connections_ = 0;
+    std::uint64_t idle_closed_ = 0; // connections closed to make room (close_longest_idle)
     bool stopping_ = false;
     int exit_code_ = 0;
 };

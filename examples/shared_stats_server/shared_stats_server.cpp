@@ -31,6 +31,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -181,12 +182,27 @@ shared_objects create_objects(const sysv::key& k, std::size_t size) {
     }
 }
 
+/// Each connection is a file descriptor: the soft limit on them (often 1,024) is raised to the
+/// hard one before the workers are forked, so they inherit it. What a worker does when it still
+/// runs out: see worker::accept_loop.
+void raise_open_file_limit() {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+        const rlim_t was = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if (::setrlimit(RLIMIT_NOFILE, &limit) != 0)
+            log("cannot raise the open-file limit from " + std::to_string(was) + ": " +
+                std::strerror(errno));
+    }
+}
+
 class master {
 public:
     master(const config& cfg, const std::optional<pause_spec>& pause) : cfg_(cfg), pause_(pause) {}
 
     int run() {
         ::signal(SIGPIPE, SIG_IGN);
+        raise_open_file_limit();
         // Signals are taken synchronously with sigtimedwait; blocked before any fork, so workers
         // start with them blocked and unblock them once their handlers are installed.
         ::sigemptyset(&signals_);

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -71,7 +72,10 @@ bool objects_gone(const std::string& key_file) {
 /// objects at the key of `key_file` (the test's own), so a failing test leaves nothing behind.
 class process {
 public:
-    process(std::vector<std::string> args, std::string key_file = {})
+    /// Starts the server with `args`, through `launcher` when given (a program that execs the
+    /// server, e.g. prlimit: the process is then the server's master all the same).
+    process(std::vector<std::string> args, std::string key_file = {},
+            const std::vector<std::string>& launcher = {})
         : key_file_(std::move(key_file)) {
         int out[2];
         if (::pipe2(out, O_CLOEXEC) == -1)
@@ -86,6 +90,7 @@ public:
         ::posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP);
         ::posix_spawnattr_setpgroup(&attributes, 0);
         args.insert(args.begin(), server_binary());
+        args.insert(args.begin(), launcher.begin(), launcher.end());
         std::vector<char*> argv;
         for (auto& a : args)
             argv.push_back(a.data());
@@ -201,9 +206,10 @@ private:
 
 /// A server with `args` and its own key file.
 struct server {
-    server(sysv_test::ipc_guard& guard, std::vector<std::string> args)
-        : key_file(fresh_key_file(guard)), proc(with_key(std::move(args), key_file), key_file),
-          port(proc.port()) {}
+    server(sysv_test::ipc_guard& guard, std::vector<std::string> args,
+           const std::vector<std::string>& launcher = {})
+        : key_file(fresh_key_file(guard)),
+          proc(with_key(std::move(args), key_file), key_file, launcher), port(proc.port()) {}
     static std::vector<std::string> with_key(std::vector<std::string> args,
                                              const std::string& file) {
         args.insert(args.end(), {"--key-file", file});
@@ -683,6 +689,66 @@ BOOST_AUTO_TEST_CASE(bad_requests_get_http_errors_and_the_server_keeps_serving) 
     BOOST_TEST(s.proc.output().find("restarting") == std::string::npos, s.proc.output());
     s.proc.signal(SIGTERM);
     BOOST_TEST(s.proc.wait_exit() == 0);
+}
+
+namespace {
+
+/// `count` connections to `port` that send nothing (idle keep-alive clients).
+std::vector<tcp::socket> idle_connections(asio::io_context& io, int port, int count) {
+    std::vector<tcp::socket> sockets;
+    for (int i = 0; i < count; ++i) {
+        tcp::socket socket(io);
+        socket.connect({asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)});
+        sockets.push_back(std::move(socket));
+    }
+    return sockets;
+}
+
+/// Whether the server closed `socket` within `limit` (end of file or reset on read).
+bool closed_by_server(tcp::socket& socket, std::chrono::milliseconds limit) {
+    pollfd p{socket.native_handle(), POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(limit.count())) != 1)
+        return false;
+    char c;
+    return ::recv(socket.native_handle(), &c, 1, MSG_DONTWAIT) <= 0;
+}
+
+/// The soft limit on open files of process `pid` (/proc/PID/limits).
+long open_file_limit(pid_t pid) {
+    std::ifstream limits("/proc/" + std::to_string(pid) + "/limits");
+    for (std::string line; std::getline(limits, line);)
+        if (line.starts_with("Max open files"))
+            return std::stol(line.substr(26));
+    return -1;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_CASE(a_worker_out_of_file_descriptors_closes_the_longest_idle_connection) {
+    // Soft = hard = 48 open files: nothing to raise, and about 35 connections fill the worker.
+    sysv_test::ipc_guard guard;
+    server s(guard, {"--workers", "1"}, {"/usr/bin/prlimit", "--nofile=48:48", "--"});
+    BOOST_TEST(open_file_limit(s.proc.pid()) == 48);
+    asio::io_context io;
+    auto idle = idle_connections(io, s.port, 60);
+    // A health check behind 60 idle clients is answered: the worker closed the connections
+    // idle the longest to accept the rest.
+    const reply health = get(s.port, "/health");
+    BOOST_TEST(health.status == 200);
+    BOOST_TEST(closed_by_server(idle.front(), 10s), "the longest idle connection is still open");
+    BOOST_TEST(!closed_by_server(idle.back(), 0ms), "the newest idle connection was closed");
+    BOOST_TEST(s.proc.wait_for("closed the connection idle the longest"));
+    BOOST_TEST(get(s.port, "/health").status == 200);
+}
+
+BOOST_AUTO_TEST_CASE(the_server_raises_its_open_file_limit_to_the_hard_one) {
+    sysv_test::ipc_guard guard;
+    server s(guard, {"--workers", "1"}, {"/usr/bin/prlimit", "--nofile=48:4096", "--"});
+    BOOST_TEST(open_file_limit(s.proc.pid()) == 4096);
+    asio::io_context io;
+    auto idle = idle_connections(io, s.port, 60);
+    BOOST_TEST(get(s.port, "/health").status == 200);
+    BOOST_TEST(!closed_by_server(idle.front(), 200ms), "an idle connection was closed");
 }
 
 BOOST_AUTO_TEST_CASE(sigterm_stops_the_workers_and_removes_the_ipc_objects) {
