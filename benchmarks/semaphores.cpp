@@ -1,8 +1,8 @@
 // Benchmarks of the semaphore layer: ping-pong round trips, wake latency after idle, idle cost
-// of pending waits, the mutex and the cost of ringing a doorbell, one header per section in
-// sections/ (one translation unit with Asio for all of them). Every section compares the library
-// with a thread blocked in semop measured side by side in the same run (rows of one run are
-// interleaved).
+// of pending waits, the mutex, the cost of ringing a doorbell and wakes among many waits, one
+// header per section in sections/ (one translation unit with Asio for all of them). Every section
+// compares the library with a thread blocked in semop measured side by side in the same run (rows
+// of one run are interleaved).
 #include "bench.hpp"
 
 #include <boost/asio.hpp>
@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <random>
@@ -44,6 +45,7 @@ using bench::now_ns;
 #include "sections/idle.hpp"
 #include "sections/mutex.hpp"
 #include "sections/pingpong.hpp"
+#include "sections/scale.hpp"
 #include "sections/wake.hpp"
 
 namespace {
@@ -55,5 +57,7 @@ const bench::registrar idle_section{{"idle", 30, "3. Idle cost of pending waits"
 const bench::registrar mutex_section{{"mutex", 40, "4. Mutex", &run_mutex}};
 const bench::registrar doorbell_section{
     {"doorbell", 45, "5. Cost of ringing a doorbell", &run_doorbell_cost}};
+const bench::registrar scale_section{
+    {"scale", 47, "6. Wakes among many pending waits", &run_scale}};
 
 } // namespace
