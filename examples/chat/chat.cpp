@@ -284,6 +284,12 @@ private:
              " (/help lists the commands)");
         if (!names.empty())
             show("also here: " + names);
+        // Doorbells off although nobody asked for polling (a doorbell table that is corrupt,
+        // or another user's, say): messages still come, later. Say so once, and why.
+        if (sysv::wake_mode_of(io_) == sysv::wake_mode::polling &&
+            std::getenv("SYSV_WAIT_MODE") == nullptr)
+            show("notice: messages reach this process by polling, not doorbells (" +
+                 chat::sanitise(sysv::wake_mode_reason(io_)) + ")");
         line_limit_ = channel_->shape().max_message_size - 2 - settings_.name.size();
         if (settings_.interactive)
             editor_.emplace(own_name_ + "> ");

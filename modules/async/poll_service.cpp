@@ -308,6 +308,7 @@ void poll_service::demote_locked(clock::time_point now, const std::string& why) 
         w->due = std::min(w->due, now);
         if (!watcher_) {
             w->words = {};
+            w->table = nullptr;
             w->schedule.set_doorbells(false);
         }
     }
@@ -467,6 +468,16 @@ void poll_service::unlink(pending_wait* w) {
     --count_;
 }
 
+void poll_service::assign_words(pending_wait* w, doorbell_table* table) noexcept {
+    const unsigned heard = doorbells_heard_by(w->ops.span());
+    w->words = {};
+    if (heard & doorbell_up)
+        w->words[0] = table->word(w->set_id, doorbell_up);
+    if (heard & doorbell_zero)
+        w->words[1] = table->word(w->set_id, doorbell_zero);
+    w->table = table;
+}
+
 void poll_service::start(pending_wait* w, const asio::any_io_executor& ex) {
     std::unique_lock lock(mutex_);
     if (!executor_) {
@@ -484,11 +495,7 @@ void poll_service::start(pending_wait* w, const asio::any_io_executor& ex) {
     choose_mode_locked();
     if (watcher_) {
         if (doorbell_table* table = doorbell_table::get()) {
-            const unsigned heard = doorbells_heard_by(w->ops.span());
-            if (heard & doorbell_up)
-                w->words[0] = table->word(w->set_id, doorbell_up);
-            if (heard & doorbell_zero)
-                w->words[1] = table->word(w->set_id, doorbell_zero);
+            assign_words(w, table);
             w->schedule.set_doorbells(true);
         }
     }
@@ -705,6 +712,12 @@ void poll_service::run_pass() {
         };
         if (!std::is_sorted(candidates.begin(), candidates.end(), by_set))
             std::stable_sort(candidates.begin(), candidates.end(), by_set);
+        // A table removed (`ipcrm`) is replaced by get(): the waits move to the new one here,
+        // before their words are read, so they hear the rings of processes that use it.
+        if (doorbell_table* table = watcher_ ? doorbell_table::get() : nullptr)
+            for (pending_wait* w : candidates)
+                if (w->table != nullptr && w->table != table)
+                    assign_words(w, table);
         // The doorbell words are read before the attempts: a release after this read changes
         // them, so a wait that then sleeps on them cannot miss it.
         for (pending_wait* w : candidates)

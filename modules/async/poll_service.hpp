@@ -88,6 +88,7 @@ struct pending_wait {
     // Doorbells: the words this wait hears (up, zero; null when not heard), their values read
     // before the last attempt, and the values it sleeps on (sleeper bit set).
     std::array<std::uint32_t*, 2> words{};
+    doorbell_table* table = nullptr; ///< the table `words` are in (see poll_service::run_pass)
     std::array<std::uint32_t, 2> seen{};
     std::array<std::uint32_t, 2> expected{};
     bool on_doorbell = false; ///< asleep with `expected` marked in its words
@@ -227,6 +228,8 @@ private:
     /// Watches the words of the waits that sleep on doorbells; a word that changed since a
     /// wait read it makes that wait due now.
     void update_watch_locked(std::chrono::steady_clock::time_point now);
+    /// Points `w`'s words at its set's slot in `table` (the words its operations hear).
+    static void assign_words(pending_wait* w, doorbell_table* table) noexcept;
 
     /// Whether the calling thread runs the service's context (an io_context's run()).
     bool runs_context_here() const;

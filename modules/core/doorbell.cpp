@@ -23,6 +23,7 @@ module;
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -61,15 +62,26 @@ std::uint64_t* stamp_slot(const std::uint32_t* word) noexcept {
     return reinterpret_cast<std::uint64_t*>(slot + 8 + 8 * kind);
 }
 
+/// The tables this process attached: the first, and one more each time the current one was
+/// found removed (`ipcrm`). A table is never detached: waits and watchers hold addresses of its
+/// words, and a table is 32 KiB.
 struct table_state {
     std::once_flag once;
-    std::optional<doorbell_table> table;
+    std::mutex mutex;                  ///< tables, reason, refreshes
+    std::deque<doorbell_table> tables; ///< stable addresses
+    std::atomic<doorbell_table*> current{nullptr};
+    std::atomic<std::int64_t> next_check_ns{0}; ///< when get() looks whether current was removed
     std::string reason;
+    std::optional<key> table_key;
 };
 
-table_state& state() {
-    static table_state s;
+table_state*& state_pointer() {
+    static table_state* s = new table_state; // never destroyed: rings may come from exit paths
     return s;
+}
+
+table_state& state() {
+    return *state_pointer();
 }
 
 std::optional<key_t> configured_key(std::string& reason) {
@@ -89,6 +101,74 @@ std::optional<key_t> configured_key(std::string& reason) {
     return static_cast<key_t>(static_cast<std::uint32_t>(value));
 }
 
+/// How often get() looks whether the current table was removed (one IPC_STAT).
+constexpr std::int64_t table_check_interval_ns = 1'000'000'000;
+
+std::int64_t coarse_ns() noexcept {
+    timespec now{};
+    ::clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+    return static_cast<std::int64_t>(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
+}
+
+/// Opens or creates the table at `k` and attaches it; nullptr with `reason` when it cannot be
+/// used. A table that holds something else than a table (its magic) and that no process has
+/// attached is ours to replace: it is removed and created again, empty. One that is attached
+/// is left alone (its users see what they see) and not used.
+doorbell_table* open_table(table_state& s, key_t k, std::string& reason) {
+    const std::string where = "the doorbell table at key " + to_string(key(k));
+    for (int attempt = 0;; ++attempt) {
+        // Created zero-filled by whoever comes first: an all-zero table is a valid empty one,
+        // so there is no initialisation to race on (only the magic is claimed, by CAS).
+        const int id = ::shmget(k, doorbell_table::size, IPC_CREAT | 0600);
+        if (id == -1) {
+            reason = where + " cannot be opened or created: " + std::strerror(errno) +
+                     (errno == EINVAL ? " (an object of another size is at the key)" : "");
+            return nullptr;
+        }
+        shmid_ds ds{};
+        if (::shmctl(id, IPC_STAT, &ds) == -1) {
+            reason = where + ": IPC_STAT failed: " + std::strerror(errno);
+            return nullptr;
+        }
+        // Created by this user too: a creator keeps the owner's rights after handing an object
+        // over, so a table another user made could be read, cleared or rung by them at will.
+        if (ds.shm_perm.uid != ::geteuid() || ds.shm_perm.cuid != ::geteuid() ||
+            (ds.shm_perm.mode & 0777) != 0600 || ds.shm_segsz < doorbell_table::size) {
+            reason = where + " belongs to uid " + std::to_string(ds.shm_perm.uid) +
+                     ", created by uid " + std::to_string(ds.shm_perm.cuid) + ", with mode " +
+                     mode_string(ds.shm_perm.mode & 0777) + " and " + std::to_string(ds.shm_segsz) +
+                     " bytes: not this user's table";
+            return nullptr;
+        }
+        void* address = ::shmat(id, nullptr, 0);
+        if (address == reinterpret_cast<void*>(-1)) {
+            reason = where + " cannot be attached: " + std::strerror(errno);
+            return nullptr;
+        }
+        auto* magic = reinterpret_cast<std::uint64_t*>(address);
+        std::uint64_t expected = 0;
+        if (__atomic_compare_exchange_n(magic, &expected, doorbell_table::magic, false,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) ||
+            expected == doorbell_table::magic) {
+            s.tables.push_back(doorbell_access::make(static_cast<std::byte*>(address), id));
+            return &s.tables.back();
+        }
+        ::shmdt(address);
+        // Corrupt. Attached by nobody else (we detached): replace it, once.
+        if (attempt == 0 && ::shmctl(id, IPC_STAT, &ds) == 0 && ds.shm_nattch == 0 &&
+            ::shmctl(id, IPC_RMID, nullptr) == 0)
+            continue; // a racing process removes nothing more (the id is gone) and shares ours
+        reason = where + " (id " + std::to_string(id) + ") holds something else than a " +
+                 "doorbell table and " +
+                 (attempt == 0 ? std::to_string(ds.shm_nattch) +
+                                     " process(es) have it attached, so it is not replaced: "
+                                     "remove it with `ipcrm -m " +
+                                     std::to_string(id) + "` once they exit"
+                               : "was replaced once already");
+        return nullptr;
+    }
+}
+
 void attach(table_state& s) {
     std::string why;
     const auto k = configured_key(why);
@@ -96,45 +176,46 @@ void attach(table_state& s) {
         s.reason = why;
         return;
     }
-    const std::string where = "the doorbell table at key " + to_string(key(*k));
-    // Created zero-filled by whoever comes first: an all-zero table is a valid empty one, so
-    // there is no initialisation to race on (only the magic is claimed, by compare-and-swap).
-    const int id = ::shmget(*k, doorbell_table::size, IPC_CREAT | 0600);
-    if (id == -1) {
-        s.reason = where + " cannot be opened or created: " + std::strerror(errno) +
-                   (errno == EINVAL ? " (an object of another size is at the key)" : "");
-        return;
-    }
+    s.table_key = key(*k);
+    std::lock_guard lock(s.mutex);
+    if (doorbell_table* table = open_table(s, *k, s.reason))
+        s.current.store(table, std::memory_order_release);
+    s.next_check_ns.store(coarse_ns() + table_check_interval_ns, std::memory_order_relaxed);
+}
+
+/// Whether the segment of `table` is still the table at `k`: not removed (IPC_RMID turns its
+/// key to IPC_PRIVATE and marks it for destruction), or gone.
+bool still_at_key(const doorbell_table& table, key k) noexcept {
     shmid_ds ds{};
-    if (::shmctl(id, IPC_STAT, &ds) == -1) {
-        s.reason = where + ": IPC_STAT failed: " + std::strerror(errno);
+    if (::shmctl(table.segment_id(), IPC_STAT, &ds) == -1)
+        return errno != EINVAL && errno != EIDRM; // another error: assume it is
+    return (ds.shm_perm.mode & SHM_DEST) == 0 && ds.shm_perm.__key == k.value();
+}
+
+/// At most once per interval (one thread does it): if the current table was removed, attach
+/// the one now at the key, so this process rings and sleeps where new processes do.
+void refresh(table_state& s, doorbell_table* current) noexcept {
+    const std::int64_t now = coarse_ns();
+    std::int64_t due = s.next_check_ns.load(std::memory_order_relaxed);
+    if (now < due || !s.next_check_ns.compare_exchange_strong(due, now + table_check_interval_ns,
+                                                              std::memory_order_relaxed))
         return;
-    }
-    // Created by this user too: a creator keeps the owner's rights after handing an object
-    // over, so a table another user made could be read, cleared or rung by them at will.
-    if (ds.shm_perm.uid != ::geteuid() || ds.shm_perm.cuid != ::geteuid() ||
-        (ds.shm_perm.mode & 0777) != 0600 || ds.shm_segsz < doorbell_table::size) {
-        s.reason = where + " belongs to uid " + std::to_string(ds.shm_perm.uid) +
-                   ", created by uid " + std::to_string(ds.shm_perm.cuid) + ", with mode " +
-                   mode_string(ds.shm_perm.mode & 0777) + " and " + std::to_string(ds.shm_segsz) +
-                   " bytes: not this user's table";
+    if (!s.table_key || still_at_key(*current, *s.table_key))
         return;
+    try {
+        std::lock_guard lock(s.mutex);
+        std::string why;
+        if (doorbell_table* table = open_table(s, s.table_key->value(), why)) {
+            s.current.store(table, std::memory_order_release);
+            s.reason.clear();
+        } else {
+            // Keep ringing the removed one (processes that still share it hear each other),
+            // and say why the new one is not used.
+            s.reason = "the doorbell table in use was removed, and " + why;
+        }
+    } catch (...) {
+        // Out of memory: keep the current table.
     }
-    void* address = ::shmat(id, nullptr, 0);
-    if (address == reinterpret_cast<void*>(-1)) {
-        s.reason = where + " cannot be attached: " + std::strerror(errno);
-        return;
-    }
-    auto* magic = reinterpret_cast<std::uint64_t*>(address);
-    std::uint64_t expected = 0;
-    if (!__atomic_compare_exchange_n(magic, &expected, doorbell_table::magic, false,
-                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) &&
-        expected != doorbell_table::magic) {
-        ::shmdt(address);
-        s.reason = where + " holds something else (not the doorbell magic)";
-        return;
-    }
-    s.table.emplace(doorbell_access::make(static_cast<std::byte*>(address), id));
 }
 
 } // namespace
@@ -146,12 +227,28 @@ doorbell_table* doorbell_table::get() noexcept {
     } catch (...) {
         return nullptr;
     }
-    return s.table ? &*s.table : nullptr;
+    doorbell_table* current = s.current.load(std::memory_order_acquire);
+    if (current != nullptr) {
+        refresh(s, current);
+        current = s.current.load(std::memory_order_acquire);
+    }
+    return current;
 }
+
+#ifdef SYSV_CRASH_POINTS
+void forget_doorbell_table() noexcept {
+    // The old one stays (its tables may still be watched), reachable for leak checkers.
+    static std::deque<table_state*> retired;
+    retired.push_back(state_pointer());
+    state_pointer() = new table_state;
+}
+#endif
 
 std::string doorbell_table::unavailable_reason() {
     get();
-    return state().reason;
+    auto& s = state();
+    std::lock_guard lock(s.mutex);
+    return s.reason;
 }
 
 std::optional<key> doorbell_table::table_key() noexcept {

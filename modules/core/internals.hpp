@@ -73,9 +73,14 @@ unsigned doorbells_heard_by(std::span<const sembuf> ops) noexcept;
 ///
 /// The key is 0x5d000000 | (effective uid & 0xffffff), or $SYSV_DOORBELL_KEY (a number, or
 /// "off" for no doorbells). The segment stays after the last process exits (32 KiB; it is
-/// re-used, and rebuilt if removed: remove_doorbell_table()). An object of another owner, mode
-/// or format at the key turns doorbells off for this process (unavailable_reason() says why);
-/// waits then poll only.
+/// re-used, and rebuilt if removed: remove_doorbell_table()). An object of another owner or
+/// creator, mode or size at the key turns doorbells off for this process (unavailable_reason()
+/// says why, and so does wake_mode_reason()); waits then poll only. A table whose magic is
+/// wrong (corrupt) is replaced when no process has it attached, and refused otherwise.
+/// A table removed while in use (`ipcrm`) is noticed by get() within a second (one IPC_STAT per
+/// second per process) and the one now at the key is attached: this process then rings it, and
+/// its waits move to it at their next pass, so old and new processes hear each other again.
+/// Removed tables stay attached (waits and watchers may hold their words' addresses).
 class doorbell_table {
 public:
     static constexpr std::uint64_t magic = 0x31304244564d5953ULL; // "SYSVDB01"
@@ -85,7 +90,7 @@ public:
     /// This process's table, attached on first use (also after fork: the mapping is inherited);
     /// nullptr when doorbells are off.
     static doorbell_table* get() noexcept;
-    /// Why get() returns nullptr, or empty.
+    /// Why get() returns nullptr, or why a removed table could not be replaced; or empty.
     static std::string unavailable_reason();
     /// The key the table lives at (for messages and tests), or nothing when doorbells are off.
     static std::optional<key> table_key() noexcept;
@@ -117,6 +122,13 @@ private:
     std::byte* base_;
     int segment_id_;
 };
+
+#ifdef SYSV_CRASH_POINTS
+/// Test builds: the next doorbell_table::get() of this process starts afresh (reads
+/// $SYSV_DOORBELL_KEY and attaches again), as a new process would; for a forked child that
+/// must not inherit its parent's table. Tables attached before stay attached.
+void forget_doorbell_table() noexcept;
+#endif
 
 /// Rings doorbells `kinds` of set `set_id` (see doorbell_table). Without a table, nothing.
 void ring_doorbells(int set_id, unsigned kinds) noexcept;

@@ -5,8 +5,13 @@
 // is an hour unless a test needs a poll to find what the doorbell did not deliver.
 #include "harness.hpp"
 
+#include <sys/ipc.h>
+#include <sys/shm.h>
+
 #include <cstdlib>
+#include <cstring>
 #include <string>
+#include <thread>
 
 import sysv.async;
 
@@ -265,3 +270,170 @@ BOOST_AUTO_TEST_CASE(late_deliveries_demote_a_ring_but_not_the_helper_thread) {
 #endif
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// The per-user doorbell table heals or speaks: a corrupt table nobody uses is replaced, one in
+// use is refused with a reason the context reports, and a table removed while in use (ipcrm) is
+// replaced in every process that used it, so old and new processes ring each other again. Each
+// process here starts from no table (forget_doorbell_table: a forked child would otherwise
+// inherit its parent's), at a table key of the test's own.
+#ifdef SYSV_CRASH_POINTS
+
+namespace {
+
+using sysv::detail::doorbell_table;
+
+/// A table key of this test process's own (the suite runs in an IPC namespace of its own).
+key_t test_table_key(int n) {
+    return static_cast<key_t>(0x5d700000u | ((static_cast<unsigned>(::getpid()) & 0xfffu) << 4) |
+                              static_cast<unsigned>(n));
+}
+
+/// In a child: use the table at `k`, as a process started with SYSV_DOORBELL_KEY=k would.
+void use_table_at(key_t k) {
+    ::setenv("SYSV_DOORBELL_KEY", std::to_string(k).c_str(), 1);
+    sysv::detail::forget_doorbell_table();
+}
+
+/// Removes what a child left at table key `k` (a table it made, when a check failed first).
+struct table_remover {
+    key_t k;
+    ~table_remover() {
+        if (const int id = ::shmget(k, 0, 0); id != -1)
+            ::shmctl(id, IPC_RMID, nullptr);
+    }
+};
+
+/// A segment of a table's size at `k` whose magic is wrong.
+int corrupt_table(sysv_test::ipc_guard& guard, key_t k) {
+    const int id = ::shmget(k, doorbell_table::size, IPC_CREAT | IPC_EXCL | 0600);
+    BOOST_REQUIRE(id != -1);
+    guard.memory_id(id);
+    void* at = ::shmat(id, nullptr, 0);
+    BOOST_REQUIRE(at != reinterpret_cast<void*>(-1));
+    std::memcpy(at, "NOTATABL", 8);
+    ::shmdt(at);
+    return id;
+}
+
+/// Waits (in the calling process, sleeping on its doorbell with an hour's backstop) until
+/// semaphore 0 of `id` is released; says on semaphore 1 that it is about to sleep. True when
+/// woken within `limit`.
+bool woken_by_doorbell(int id, std::chrono::seconds limit) {
+    asio::io_context io;
+    SYSV_CHILD_CHECK(sysv::wake_mode_of(io) != sysv::wake_mode::polling);
+    sysv::async_semaphore_set set(io, sysv::semaphore_set::open_id(id),
+                                  polls_every(std::chrono::hours(1)));
+    bool woken = false;
+    set.async_acquire(0, [&](error_code ec) { woken = !ec; });
+    set.try_apply(sysv::op::release(1));
+    io.run_for(limit);
+    return woken;
+}
+
+/// Releases semaphore 0 of `id` through the library once the waiter said it is about to sleep
+/// (semaphore 1) and sleeps on this process's current table (its sleeper bit, at most 2 s).
+void release_when_asleep(int id) {
+    auto set = sysv::semaphore_set::open_id(id);
+    set.apply(sysv::op::acquire(1));
+    const auto give_up = std::chrono::steady_clock::now() + 2s;
+    while (std::chrono::steady_clock::now() < give_up) {
+        const auto* table = doorbell_table::get();
+        if (table != nullptr &&
+            (sysv::detail::doorbell_value(table->word(id, sysv::detail::doorbell_up)) & 1u) != 0)
+            break;
+        std::this_thread::sleep_for(1ms);
+    }
+    set.apply(sysv::op::release(0));
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(doorbell_table_health)
+
+BOOST_AUTO_TEST_CASE(a_corrupt_table_nobody_has_attached_is_replaced) {
+    sysv_test::ipc_guard guard;
+    const key_t k = test_table_key(1);
+    table_remover remove_table{k};
+    const int corrupt = corrupt_table(guard, k);
+    const int id = make_pair(guard);
+    in_child("io_uring", [&] {
+        use_table_at(k);
+        const auto* table = doorbell_table::get();
+        SYSV_CHILD_CHECK(table != nullptr);
+        SYSV_CHILD_CHECK(table->segment_id() != corrupt);
+        SYSV_CHILD_CHECK(::shmget(k, 0, 0) == table->segment_id());
+        sysv_test::child releaser([&] {
+            use_table_at(k);
+            release_when_asleep(id);
+            return 0;
+        });
+        SYSV_CHILD_CHECK(woken_by_doorbell(id, 20s));
+        SYSV_CHILD_CHECK(releaser.wait_for(20s).exited_with(0));
+        ::shmctl(table->segment_id(), IPC_RMID, nullptr);
+        return 0;
+    });
+}
+
+BOOST_AUTO_TEST_CASE(a_corrupt_table_in_use_is_left_alone_and_the_context_says_why) {
+    sysv_test::ipc_guard guard;
+    const key_t k = test_table_key(2);
+    const int corrupt = corrupt_table(guard, k);
+    void* holder = ::shmat(corrupt, nullptr, SHM_RDONLY); // someone has it attached
+    BOOST_REQUIRE(holder != reinterpret_cast<void*>(-1));
+    in_child("io_uring", [&] {
+        use_table_at(k);
+        SYSV_CHILD_CHECK(doorbell_table::get() == nullptr);
+        SYSV_CHILD_CHECK(::shmget(k, 0, 0) == corrupt); // not removed
+        const std::string reason = doorbell_table::unavailable_reason();
+        std::fprintf(stderr, "child: %s\n", reason.c_str());
+        SYSV_CHILD_CHECK(contains(reason, "holds something else than a doorbell table"));
+        SYSV_CHILD_CHECK(contains(reason, "ipcrm -m " + std::to_string(corrupt)));
+        asio::io_context io;
+        SYSV_CHILD_CHECK(sysv::wake_mode_of(io) == sysv::wake_mode::polling);
+        SYSV_CHILD_CHECK(contains(sysv::wake_mode_reason(io), "holds something else"));
+        return 0;
+    });
+    ::shmdt(holder);
+}
+
+BOOST_AUTO_TEST_CASE(a_process_whose_table_was_removed_rings_and_sleeps_on_the_new_one) {
+    // The old process attaches the table, which is then removed (ipcrm); a new process creates
+    // the next one. After the old process's next look (within a second), its releases wake the
+    // new process's waits, and its waits are woken by the new process's releases: each wait
+    // has an hour's backstop, so only a ring on the table both use explains the wake.
+    for (const bool old_rings : {true, false}) {
+        sysv_test::ipc_guard guard;
+        const key_t k = test_table_key(old_rings ? 3 : 4);
+        table_remover remove_table{k};
+        const int id = make_pair(guard);
+        in_child("io_uring", [&] {
+            use_table_at(k);
+            const auto* first = doorbell_table::get();
+            SYSV_CHILD_CHECK(first != nullptr);
+            SYSV_CHILD_CHECK(::shmctl(first->segment_id(), IPC_RMID, nullptr) == 0);
+            sysv_test::child fresh([&] {
+                use_table_at(k);
+                const auto* table = doorbell_table::get();
+                SYSV_CHILD_CHECK(table != nullptr && table != first);
+                if (old_rings)
+                    SYSV_CHILD_CHECK(woken_by_doorbell(id, 20s));
+                else
+                    release_when_asleep(id);
+                ::shmctl(table->segment_id(), IPC_RMID, nullptr);
+                return 0;
+            });
+            std::this_thread::sleep_for(1200ms); // the old process's next look at its table
+            if (old_rings)
+                release_when_asleep(id);
+            else
+                SYSV_CHILD_CHECK(woken_by_doorbell(id, 20s));
+            SYSV_CHILD_CHECK(doorbell_table::get() != first);
+            SYSV_CHILD_CHECK(fresh.wait_for(30s).exited_with(0));
+            return 0;
+        });
+    }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+#endif

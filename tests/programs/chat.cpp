@@ -6,6 +6,11 @@
 #include "chat/chat_process.hpp"
 #include "chat/chat_room.hpp"
 
+#include <sys/ipc.h>
+#include <sys/shm.h>
+
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -613,6 +618,43 @@ BOOST_AUTO_TEST_CASE(a_foreign_object_at_the_room_key_is_refused_and_left_alone)
     semid_ds ds{};
     BOOST_TEST(::semctl(foreign, 0, IPC_STAT, &ds) == 0); // not adopted, not removed
     ::semctl(foreign, 0, IPC_RMID);
+}
+
+BOOST_AUTO_TEST_CASE(a_participant_without_doorbells_says_so_once_and_still_chats) {
+    // A corrupt doorbell table at a key of this test's own, attached here (so it is in use and
+    // not replaced): bob's chat polls, says why in one line, and messages still reach him.
+    test_room room;
+    const auto table_key = static_cast<key_t>(0x5d600000u | (::getpid() & 0xffffu));
+    const int corrupt =
+        ::shmget(table_key, sysv::detail::doorbell_table::size, IPC_CREAT | IPC_EXCL | 0600);
+    BOOST_REQUIRE(corrupt != -1);
+    void* held = ::shmat(corrupt, nullptr, 0);
+    BOOST_REQUIRE(held != reinterpret_cast<void*>(-1));
+    std::memcpy(held, "NOTATABL", 8);
+    const std::string usual =
+        std::getenv("SYSV_DOORBELL_KEY") ? std::getenv("SYSV_DOORBELL_KEY") : "";
+    ::setenv("SYSV_DOORBELL_KEY", std::to_string(table_key).c_str(), 1);
+    chat::participant bob(chat_binary(), room.name(), "bob");
+    if (usual.empty())
+        ::unsetenv("SYSV_DOORBELL_KEY");
+    else
+        ::setenv("SYSV_DOORBELL_KEY", usual.c_str(), 1);
+    BOOST_TEST(bob.wait_for("joined room"), bob.transcript());
+    BOOST_TEST(bob.wait_for("notice: messages reach this process by polling"), bob.transcript());
+    BOOST_TEST(bob.wait_for("holds something else than a doorbell table"), bob.transcript());
+    chat::participant alice(chat_binary(), room.name(), "alice");
+    BOOST_TEST(alice.wait_for("also here: bob"), alice.transcript());
+    alice.say("hello bob");
+    BOOST_TEST(bob.wait_for("hello bob"), bob.transcript());
+    BOOST_TEST(alice.transcript().find("notice:") == std::string::npos, alice.transcript());
+    alice.say("/quit");
+    bob.say("/quit");
+    BOOST_TEST(alice.wait_exit() == 0);
+    BOOST_TEST(bob.wait_exit() == 0);
+    BOOST_TEST(count(bob.transcript(), "notice:") == 1u, bob.transcript());
+    ::shmdt(held);
+    ::shmctl(corrupt, IPC_RMID, nullptr);
+    BOOST_TEST(room.objects_gone_within(5s));
 }
 
 // ---- in terminals: tmux runs each chat in a pseudo-terminal, send-keys types,
