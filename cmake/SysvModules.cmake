@@ -23,7 +23,8 @@
 # Functions:
 #   sysv_check_module_toolchain(<result-var>)
 #       Sets <result-var> to an explanation if the C++ compiler cannot build these modules
-#       (anything but clang >= 16 using libc++), to the empty string otherwise.
+#       (anything but clang >= 16 on libc++ or clang >= 18 on libstdc++), to the empty string
+#       otherwise.
 #   sysv_add_module_library(<target> MODULES <name>=<file>... [SOURCES <file>...])
 #       <target>: an INTERFACE library to link (target_link_libraries is all a consumer does).
 #       <target>_units: the STATIC library of module interface units (in import order: a unit
@@ -34,16 +35,23 @@
 include_guard(GLOBAL)
 
 function(sysv_check_module_toolchain result_var)
-    set(why "asio-sysv is a C++20 modules library whose modules include Boost.Asio: only clang >= "
-            "16 with libc++ builds and imports such modules (g++ 12 crashes on them, and clang "
-            "with libstdc++ cannot merge the std declarations seen through a module and through "
-            "#include).")
-    set(fix "Use clang++-16 (or newer) with libc++: apt-get install clang-16 libc++-16-dev "
-            "libc++abi-16-dev, then configure with -DCMAKE_CXX_COMPILER=clang++-16 "
-            "-DCMAKE_CXX_FLAGS=-stdlib=libc++ -DCMAKE_EXE_LINKER_FLAGS=-stdlib=libc++.")
+    # What was measured (docs/using.md, "Toolchains"): clang >= 16 with libc++ and clang >= 18
+    # with libstdc++ build and import these modules; everything else fails, as said below.
+    set(why "asio-sysv is a C++20 modules library whose modules include Boost.Asio: it builds "
+            "with clang >= 16 on libc++, and with clang >= 18 on libstdc++.")
+    set(fix "Use clang++-16 (or newer) with libc++ (apt-get install clang-16 libc++-16-dev "
+            "libc++abi-16-dev; configure with -DCMAKE_CXX_COMPILER=clang++-16 "
+            "-DCMAKE_CXX_FLAGS=-stdlib=libc++ -DCMAKE_EXE_LINKER_FLAGS=-stdlib=libc++), or "
+            "clang++-19 with the system's libstdc++ (apt-get install clang-19; configure with "
+            "-DCMAKE_CXX_COMPILER=clang++-19).")
     set(found "")
     if(NOT CMAKE_CXX_COMPILER_LOADED)
         set(found "C++ is not enabled in this project (project(<name> LANGUAGES CXX)).")
+    elseif(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+        set(found "The C++ compiler is g++ ${CMAKE_CXX_COMPILER_VERSION} (${CMAKE_CXX_COMPILER}): "
+                  "g++ 12 crashes (internal compiler error) on these modules, and g++ >= 15 "
+                  "refuses module interfaces that expose internal-linkage entities, which the "
+                  "Asio of Boost 1.81 declares (fixed in Asio 1.38.2).")
     elseif(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
         set(found "The C++ compiler is ${CMAKE_CXX_COMPILER_ID} ${CMAKE_CXX_COMPILER_VERSION} "
                   "(${CMAKE_CXX_COMPILER}).")
@@ -60,9 +68,12 @@ function(sysv_check_module_toolchain result_var)
 #error not libc++
 #endif
 int main() {}" ${have_libcxx})
-        if(NOT ${have_libcxx})
+        if(NOT ${have_libcxx} AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 18)
             set(found "clang ${CMAKE_CXX_COMPILER_VERSION} is used with another standard library "
-                      "than libc++ (CMAKE_CXX_FLAGS: '${CMAKE_CXX_FLAGS}').")
+                      "than libc++ (CMAKE_CXX_FLAGS: '${CMAKE_CXX_FLAGS}'): before clang 18, "
+                      "clang cannot merge the libstdc++ declarations an importer sees through a "
+                      "module and through #include (clang >= 18 skips that check in the global "
+                      "module fragment, -fskip-odr-check-in-gmf).")
         endif()
     endif()
     if(found)

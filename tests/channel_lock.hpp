@@ -1,7 +1,15 @@
 // Holding a channel's lock as its members do (the lock word in its segment's header), for tests
 // that act on a channel from outside it: rewrite its header "as a writer would", or be stopped
-// while holding it. Include after `import sysv.channel;` (it includes nothing itself).
+// while holding it. Include after `import sysv.channel;`.
 #pragma once
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <thread>
 
 namespace sysv_test {
 

@@ -710,8 +710,20 @@ void poll_service::run_pass() {
         const auto by_set = [](const pending_wait* a, const pending_wait* b) {
             return a->set_id < b->set_id;
         };
-        if (!std::is_sorted(candidates.begin(), candidates.end(), by_set))
-            std::stable_sort(candidates.begin(), candidates.end(), by_set);
+        if (!std::is_sorted(candidates.begin(), candidates.end(), by_set)) {
+            // Stable (first come, first tried within a set), by position: libstdc++'s
+            // stable_sort uses get_temporary_buffer, deprecated in C++17.
+            std::vector<std::pair<int, std::size_t>> order;
+            order.reserve(candidates.size());
+            for (std::size_t i = 0; i < candidates.size(); ++i)
+                order.emplace_back(candidates[i]->set_id, i);
+            std::sort(order.begin(), order.end());
+            std::vector<pending_wait*> sorted;
+            sorted.reserve(candidates.size());
+            for (const auto& entry : order)
+                sorted.push_back(candidates[entry.second]);
+            candidates.swap(sorted);
+        }
         // A table removed (`ipcrm`) is replaced by get(): the waits move to the new one here,
         // before their words are read, so they hear the rings of processes that use it.
         if (doorbell_table* table = watcher_ ? doorbell_table::get() : nullptr)

@@ -279,10 +279,11 @@ BOOST_AUTO_TEST_CASE(every_change_through_the_async_set_wakes_local_waiters_at_o
         {"set_value", [](auto& set) { set.set_value(0, 1); }},
         {"set_values", [](auto& set) { set.set_values({1}); }},
     };
-    for (const auto& [name, make_change] : changes) {
+    for (const auto& change : changes) {
+        const auto& make_change = change.second;
         sysv_test::ipc_guard guard;
         auto semaphores = sysv_test::private_set(guard, {0});
-        const auto status = sysv_test::run_in_child([&, &make_change = make_change] {
+        const auto status = sysv_test::run_in_child([&] {
             ::setenv("SYSV_WAIT_MODE", "polling", 1);
             asio::io_context io;
             sysv::backoff slow{0, std::chrono::microseconds(10s), 2.0,
@@ -297,7 +298,8 @@ BOOST_AUTO_TEST_CASE(every_change_through_the_async_set_wakes_local_waiters_at_o
             SYSV_CHILD_CHECK(done);
             return 0;
         });
-        BOOST_TEST(status.exited_with(0), "the waiter was not woken at once after " << name);
+        BOOST_TEST(status.exited_with(0),
+                   "the waiter was not woken at once after " << change.first);
     }
 }
 
