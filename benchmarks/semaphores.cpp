@@ -58,6 +58,6 @@ const bench::registrar mutex_section{{"mutex", 40, "4. Mutex", &run_mutex}};
 const bench::registrar doorbell_section{
     {"doorbell", 45, "5. Cost of ringing a doorbell", &run_doorbell_cost}};
 const bench::registrar scale_section{
-    {"scale", 47, "6. Wakes among many pending waits", &run_scale}};
+    {"scale", 60, "7. Wakes among many pending waits", &run_scale}};
 
 } // namespace

@@ -1,4 +1,4 @@
-// sysv_bench, section 6: wakes among many pending waits
+// sysv_bench, section 7: wakes among many pending waits
 // Part of semaphores.cpp's translation unit (one TU with Asio keeps the build lean): included
 // there after its headers, `import sysv;` and sections/support.hpp.
 #pragma once
@@ -6,7 +6,7 @@
 namespace {
 
 // =============================================================================================
-// 6. Wakes among many pending waits
+// 7. Wakes among many pending waits
 // =============================================================================================
 
 struct scale_level {

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstring>
 #include <optional>
 #include <span>
 #include <string>
@@ -164,6 +165,10 @@ private:
             if (stopping_)
                 break;
             if (ec) {
+                // accept's errors are errno values: strerror, not ec.message() (whose virtual
+                // call UBSan's vptr check rejects for the system category under -fsanitize
+                // with these modules, which would end the worker in the asan build).
+                const std::string why = std::strerror(ec.value());
                 if (ec == asio::error::no_descriptors || ec.value() == ENFILE) {
                     // Out of file descriptors (this process's limit, or the system's): the
                     // connection waits in the listen backlog. Make room by closing the
@@ -172,16 +177,16 @@ private:
                     if (close_longest_idle()) {
                         ++idle_closed_;
                         if ((idle_closed_ & (idle_closed_ - 1)) == 0) // 1, 2, 4, 8...: no flood
-                            log("accept: " + ec.message() + "; closed the connection idle the " +
+                            log("accept: " + why + "; closed the connection idle the " +
                                 "longest (" + std::to_string(idle_closed_) + " so far)");
                         drain_timer_.expires_after(std::chrono::milliseconds(1));
                     } else {
-                        log("accept: " + ec.message() + "; none idle, pausing accepts for 100 ms");
+                        log("accept: " + why + "; none idle, pausing accepts for 100 ms");
                         drain_timer_.expires_after(std::chrono::milliseconds(100));
                     }
                     co_await drain_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
                 } else if (ec == asio::error::no_buffer_space || ec == asio::error::no_memory) {
-                    log("accept: " + ec.message() + "; pausing accepts for 100 ms");
+                    log("accept: " + why + "; pausing accepts for 100 ms");
                     drain_timer_.expires_after(std::chrono::milliseconds(100));
                     co_await drain_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
                 }

@@ -154,10 +154,15 @@ doorbell_table* open_table(table_state& s, key_t k, std::string& reason) {
             return &s.tables.back();
         }
         ::shmdt(address);
-        // Corrupt. Attached by nobody else (we detached): replace it, once.
-        if (attempt == 0 && ::shmctl(id, IPC_STAT, &ds) == 0 && ds.shm_nattch == 0 &&
-            ::shmctl(id, IPC_RMID, nullptr) == 0)
-            continue; // a racing process removes nothing more (the id is gone) and shares ours
+        // Corrupt. Attached by nobody else (we detached): replace it, once. A process racing
+        // us finds the id gone (removed by us, or by it): both then open the new table.
+        if (attempt == 0) {
+            const auto removed = [] { return errno == EINVAL || errno == EIDRM; };
+            if (::shmctl(id, IPC_STAT, &ds) == -1
+                    ? removed()
+                    : ds.shm_nattch == 0 && (::shmctl(id, IPC_RMID, nullptr) == 0 || removed()))
+                continue;
+        }
         reason = where + " (id " + std::to_string(id) + ") holds something else than a " +
                  "doorbell table and " +
                  (attempt == 0 ? std::to_string(ds.shm_nattch) +

@@ -5,11 +5,15 @@
 // is an hour unless a test needs a poll to find what the doorbell did not deliver.
 #include "harness.hpp"
 
+#include <boost/test/data/monomorphic.hpp>
+#include <boost/test/data/test_case.hpp>
+
 #include <sys/ipc.h>
 #include <sys/shm.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <ostream>
 #include <string>
 #include <thread>
 
@@ -18,6 +22,7 @@ import sysv.async;
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
 using boost::system::error_code;
+namespace bdata = boost::unit_test::data;
 
 namespace {
 
@@ -39,9 +44,13 @@ struct forced {
     const char* env; ///< SYSV_WAIT_MODE
     wake_config config;
 };
-constexpr forced doorbell_configs[] = {{"io_uring_deferred", wake_config::uring_deferred},
-                                       {"io_uring_plain", wake_config::uring_plain},
-                                       {"thread", wake_config::helper_thread}};
+/// Each case runs once per configuration (BOOST_DATA_TEST_CASE), named by its SYSV_WAIT_MODE.
+const forced doorbell_configs[] = {{"io_uring_deferred", wake_config::uring_deferred},
+                                   {"io_uring_plain", wake_config::uring_plain},
+                                   {"thread", wake_config::helper_thread}};
+std::ostream& operator<<(std::ostream& out, const forced& f) {
+    return out << f.env;
+}
 
 /// Runs `body` in a child with SYSV_WAIT_MODE=`mode` (and the extra variable, if any); the test
 /// case fails unless the child exits with 0 within `limit`.
@@ -112,159 +121,154 @@ bool contains(const std::string& text, std::string_view part) {
 
 BOOST_AUTO_TEST_SUITE(wake_delivery)
 
-BOOST_AUTO_TEST_CASE(each_configuration_is_checked_and_what_it_delivers_arrives_in_time) {
+BOOST_DATA_TEST_CASE(each_configuration_is_checked_and_what_it_delivers_arrives_in_time,
+                     bdata::make(doorbell_configs), f) {
     // In each configuration (or the one it falls back to when its start-up check fails, which
     // the reason must say), 20 waits that never poll are woken by another process's releases,
     // each through a delivery, and the deliveries were timely: a configuration that accepts
     // waits and delivers them late (an eventfd signalled after an RCU grace period) fails here.
-    for (const auto& f : doorbell_configs) {
-        sysv_test::ipc_guard guard;
-        const int id = make_pair(guard);
-        in_child(f.env, [id, f] {
-            asio::io_context io;
-            const auto before = sysv::wake_status_of(io);
-            std::fprintf(stderr, "%s: %s (%s)\n", f.env, before.configuration.c_str(),
-                         before.reason.c_str());
-            const auto check = sysv::detail::check_delivery(f.config);
-            if (before.configuration == sysv::detail::describe(f.config)) {
-                SYSV_CHILD_CHECK(check.delivered);
-            } else {
-                SYSV_CHILD_CHECK(!check.delivered);
-                SYSV_CHILD_CHECK(contains(before.reason, sysv::detail::describe(f.config)));
-                SYSV_CHILD_CHECK(contains(before.reason, "start-up check failed"));
-                SYSV_CHILD_CHECK(contains(before.reason, check.what));
-            }
-            SYSV_CHILD_CHECK(before.mode != sysv::wake_mode::polling);
-            const int woken = wake_rounds(io, id, 20, polls_every(std::chrono::hours(1)));
-            const auto after = sysv::wake_status_of(io);
-            std::fprintf(stderr,
-                         "%s: delivered %llu late %llu (busy %llu) missed %llu demotions %llu\n",
-                         f.env, static_cast<unsigned long long>(after.stats.delivered),
-                         static_cast<unsigned long long>(after.stats.late),
-                         static_cast<unsigned long long>(after.stats.late_busy),
-                         static_cast<unsigned long long>(after.stats.missed),
-                         static_cast<unsigned long long>(after.stats.demotions));
-            SYSV_CHILD_CHECK(woken == 20);
-            SYSV_CHILD_CHECK(after.stats.delivered >= 20);
-            SYSV_CHILD_CHECK(after.stats.missed == 0);
-            SYSV_CHILD_CHECK(after.stats.demotions == 0);
-            // Every wait slept on its doorbell before its release (the releaser saw the mark):
-            // each wake is a delivery. Healthy deliveries take tens of microseconds against a
-            // 5 ms bound (lateness this thread's own busy or CPU-starved time explains is
-            // counted apart): two late ones in twenty leave room for a loaded machine, not
-            // for a late mechanism.
-            SYSV_CHILD_CHECK(after.stats.late <= 2);
-            return 0;
-        });
-    }
+    sysv_test::ipc_guard guard;
+    const int id = make_pair(guard);
+    in_child(f.env, [id, f] {
+        asio::io_context io;
+        const auto before = sysv::wake_status_of(io);
+        std::fprintf(stderr, "%s: %s (%s)\n", f.env, before.configuration.c_str(),
+                     before.reason.c_str());
+        const auto check = sysv::detail::check_delivery(f.config);
+        if (before.configuration == sysv::detail::describe(f.config)) {
+            SYSV_CHILD_CHECK(check.delivered);
+        } else {
+            SYSV_CHILD_CHECK(!check.delivered);
+            SYSV_CHILD_CHECK(contains(before.reason, sysv::detail::describe(f.config)));
+            SYSV_CHILD_CHECK(contains(before.reason, "start-up check failed"));
+            SYSV_CHILD_CHECK(contains(before.reason, check.what));
+        }
+        SYSV_CHILD_CHECK(before.mode != sysv::wake_mode::polling);
+        const int woken = wake_rounds(io, id, 20, polls_every(std::chrono::hours(1)));
+        const auto after = sysv::wake_status_of(io);
+        std::fprintf(stderr,
+                     "%s: delivered %llu late %llu (busy %llu) missed %llu demotions %llu\n", f.env,
+                     static_cast<unsigned long long>(after.stats.delivered),
+                     static_cast<unsigned long long>(after.stats.late),
+                     static_cast<unsigned long long>(after.stats.late_busy),
+                     static_cast<unsigned long long>(after.stats.missed),
+                     static_cast<unsigned long long>(after.stats.demotions));
+        SYSV_CHILD_CHECK(woken == 20);
+        SYSV_CHILD_CHECK(after.stats.delivered >= 20);
+        SYSV_CHILD_CHECK(after.stats.missed == 0);
+        SYSV_CHILD_CHECK(after.stats.demotions == 0);
+        // Every wait slept on its doorbell before its release (the releaser saw the mark):
+        // each wake is a delivery. Healthy deliveries take tens of microseconds against a
+        // 5 ms bound (lateness this thread's own busy or CPU-starved time explains is
+        // counted apart): two late ones in twenty leave room for a loaded machine, not
+        // for a late mechanism.
+        SYSV_CHILD_CHECK(after.stats.late <= 2);
+        return 0;
+    });
 }
 
-BOOST_AUTO_TEST_CASE(without_the_start_up_check_a_configuration_that_delivers_late_is_demoted) {
+BOOST_DATA_TEST_CASE(without_the_start_up_check_a_configuration_that_delivers_late_is_demoted,
+                     bdata::make(doorbell_configs), f) {
     // The start-up check off: whatever each configuration does on this kernel, every wake
     // arrives, and a context that kept its configuration got it delivered in time (a late
     // one is demoted by the running check, and says so).
-    for (const auto& f : doorbell_configs) {
-        sysv_test::ipc_guard guard;
-        const int id = make_pair(guard);
-        in_child(
-            f.env,
-            [id, f] {
-                asio::io_context io;
-                const auto before = sysv::wake_status_of(io);
-                SYSV_CHILD_CHECK(before.configuration == sysv::detail::describe(f.config));
-                const int woken = wake_rounds(io, id, 20, polls_every(std::chrono::hours(1)));
-                const auto after = sysv::wake_status_of(io);
-                std::fprintf(stderr, "%s unchecked: %s; delivered %llu late %llu demotions %llu\n",
-                             f.env, after.configuration.c_str(),
-                             static_cast<unsigned long long>(after.stats.delivered),
-                             static_cast<unsigned long long>(after.stats.late),
-                             static_cast<unsigned long long>(after.stats.demotions));
-                SYSV_CHILD_CHECK(woken == 20);
-                if (after.stats.demotions == 0) {
-                    SYSV_CHILD_CHECK(after.stats.late <= 2);
-                } else {
-                    SYSV_CHILD_CHECK(f.config != wake_config::helper_thread);
-                    SYSV_CHILD_CHECK(
-                        contains(after.reason,
-                                 "demoted from " + std::string(sysv::detail::describe(f.config))));
-                    SYSV_CHILD_CHECK(after.configuration != sysv::detail::describe(f.config));
-                }
-                return 0;
-            },
-            "SYSV_WAKE_CHECK=off");
-    }
+    sysv_test::ipc_guard guard;
+    const int id = make_pair(guard);
+    in_child(
+        f.env,
+        [id, f] {
+            asio::io_context io;
+            const auto before = sysv::wake_status_of(io);
+            SYSV_CHILD_CHECK(before.configuration == sysv::detail::describe(f.config));
+            const int woken = wake_rounds(io, id, 20, polls_every(std::chrono::hours(1)));
+            const auto after = sysv::wake_status_of(io);
+            std::fprintf(stderr, "%s unchecked: %s; delivered %llu late %llu demotions %llu\n",
+                         f.env, after.configuration.c_str(),
+                         static_cast<unsigned long long>(after.stats.delivered),
+                         static_cast<unsigned long long>(after.stats.late),
+                         static_cast<unsigned long long>(after.stats.demotions));
+            SYSV_CHILD_CHECK(woken == 20);
+            if (after.stats.demotions == 0) {
+                SYSV_CHILD_CHECK(after.stats.late <= 2);
+            } else {
+                SYSV_CHILD_CHECK(f.config != wake_config::helper_thread);
+                SYSV_CHILD_CHECK(contains(
+                    after.reason, "demoted from " + std::string(sysv::detail::describe(f.config))));
+                SYSV_CHILD_CHECK(after.configuration != sysv::detail::describe(f.config));
+            }
+            return 0;
+        },
+        "SYSV_WAKE_CHECK=off");
 }
 
 #ifdef SYSV_CRASH_POINTS
 
-BOOST_AUTO_TEST_CASE(a_configuration_that_swallows_its_deliveries_is_demoted_and_loses_no_wake) {
+BOOST_DATA_TEST_CASE(a_configuration_that_swallows_its_deliveries_is_demoted_and_loses_no_wake,
+                     bdata::make(doorbell_configs), f) {
     // The hook makes the configuration accept waits and never tell the context: a poll every
     // 40 ms finds each wake (well after wake_miss_age, and for the helper thread after
     // wake_delivery_bound), counts it missed, and after a streak the context moves on to the
     // next configuration that delivers (or polling, after the helper thread).
     // The checks run in the children: a helper thread started here would make every later
     // child a child of a multi-threaded process (ThreadSanitizer refuses threads there).
-    for (const auto& f : doorbell_configs) {
-        sysv_test::ipc_guard guard;
-        const int id = make_pair(guard);
-        in_child(f.env, [id, f] {
-            if (!sysv::detail::check_delivery(f.config).delivered)
-                return 0; // not used here at all: nothing to demote
-            sysv::detail::swallow_deliveries(f.config);
-            asio::io_context io;
-            SYSV_CHILD_CHECK(sysv::wake_status_of(io).configuration ==
-                             sysv::detail::describe(f.config));
-            const int woken = wake_rounds(io, id, 12, polls_every(40ms));
-            const auto after = sysv::wake_status_of(io);
-            std::fprintf(stderr, "%s swallowed: now %s; missed %llu; %s\n", f.env,
-                         after.configuration.c_str(),
-                         static_cast<unsigned long long>(after.stats.missed), after.reason.c_str());
-            SYSV_CHILD_CHECK(woken == 12);
-            SYSV_CHILD_CHECK(after.stats.missed >= sysv::wake_demotion_streak);
-            SYSV_CHILD_CHECK(after.stats.demotions >= 1);
-            SYSV_CHILD_CHECK(after.configuration != sysv::detail::describe(f.config));
-            SYSV_CHILD_CHECK(contains(after.reason, "not delivered"));
-            // After the demotion, the next configuration delivers the wakes (the helper
-            // thread falls back to polling, whose sleeps are the plain backoff's).
-            const auto delivered_before = after.stats.delivered;
-            SYSV_CHILD_CHECK(wake_rounds(io, id, 5, polls_every(40ms)) == 5);
-            if (f.config != wake_config::helper_thread)
-                SYSV_CHILD_CHECK(sysv::wake_status_of(io).stats.delivered >= delivered_before + 5);
-            return 0;
-        });
-    }
+    sysv_test::ipc_guard guard;
+    const int id = make_pair(guard);
+    in_child(f.env, [id, f] {
+        if (!sysv::detail::check_delivery(f.config).delivered)
+            return 0; // not used here at all: nothing to demote
+        sysv::detail::swallow_deliveries(f.config);
+        asio::io_context io;
+        SYSV_CHILD_CHECK(sysv::wake_status_of(io).configuration ==
+                         sysv::detail::describe(f.config));
+        const int woken = wake_rounds(io, id, 12, polls_every(40ms));
+        const auto after = sysv::wake_status_of(io);
+        std::fprintf(stderr, "%s swallowed: now %s; missed %llu; %s\n", f.env,
+                     after.configuration.c_str(),
+                     static_cast<unsigned long long>(after.stats.missed), after.reason.c_str());
+        SYSV_CHILD_CHECK(woken == 12);
+        SYSV_CHILD_CHECK(after.stats.missed >= sysv::wake_demotion_streak);
+        SYSV_CHILD_CHECK(after.stats.demotions >= 1);
+        SYSV_CHILD_CHECK(after.configuration != sysv::detail::describe(f.config));
+        SYSV_CHILD_CHECK(contains(after.reason, "not delivered"));
+        // After the demotion, the next configuration delivers the wakes (the helper
+        // thread falls back to polling, whose sleeps are the plain backoff's).
+        const auto delivered_before = after.stats.delivered;
+        SYSV_CHILD_CHECK(wake_rounds(io, id, 5, polls_every(40ms)) == 5);
+        if (f.config != wake_config::helper_thread)
+            SYSV_CHILD_CHECK(sysv::wake_status_of(io).stats.delivered >= delivered_before + 5);
+        return 0;
+    });
 }
 
-BOOST_AUTO_TEST_CASE(late_deliveries_demote_a_ring_but_not_the_helper_thread) {
-    for (const auto& f : doorbell_configs) {
-        sysv_test::ipc_guard guard;
-        const int id = make_pair(guard);
-        in_child(f.env, [id, f] {
-            if (!sysv::detail::check_delivery(f.config).delivered)
-                return 0; // not used here at all
-            sysv::detail::delay_deliveries(f.config, 12ms);
-            asio::io_context io;
-            const int woken = wake_rounds(io, id, 8, polls_every(std::chrono::hours(1)));
-            const auto after = sysv::wake_status_of(io);
-            std::fprintf(stderr, "%s delayed: now %s; late %llu; %s\n", f.env,
-                         after.configuration.c_str(),
-                         static_cast<unsigned long long>(after.stats.late), after.reason.c_str());
-            SYSV_CHILD_CHECK(woken == 8);
-            if (f.config == wake_config::helper_thread) {
-                // Its post waits behind the context's own handlers: lateness is not its fault.
-                SYSV_CHILD_CHECK(after.stats.late_busy >= sysv::wake_demotion_streak);
-                SYSV_CHILD_CHECK(after.stats.demotions == 0);
-                SYSV_CHILD_CHECK(after.configuration == sysv::detail::describe(f.config));
-            } else {
-                // The hook sleeps before telling the context: neither on a CPU nor waiting for
-                // one, as a late mechanism would.
-                SYSV_CHILD_CHECK(after.stats.late >= sysv::wake_demotion_streak);
-                SYSV_CHILD_CHECK(after.stats.demotions >= 1);
-                SYSV_CHILD_CHECK(contains(after.reason, "after the ring"));
-            }
-            return 0;
-        });
-    }
+BOOST_DATA_TEST_CASE(late_deliveries_demote_a_ring_but_not_the_helper_thread,
+                     bdata::make(doorbell_configs), f) {
+    sysv_test::ipc_guard guard;
+    const int id = make_pair(guard);
+    in_child(f.env, [id, f] {
+        if (!sysv::detail::check_delivery(f.config).delivered)
+            return 0; // not used here at all
+        sysv::detail::delay_deliveries(f.config, 12ms);
+        asio::io_context io;
+        const int woken = wake_rounds(io, id, 8, polls_every(std::chrono::hours(1)));
+        const auto after = sysv::wake_status_of(io);
+        std::fprintf(stderr, "%s delayed: now %s; late %llu; %s\n", f.env,
+                     after.configuration.c_str(), static_cast<unsigned long long>(after.stats.late),
+                     after.reason.c_str());
+        SYSV_CHILD_CHECK(woken == 8);
+        if (f.config == wake_config::helper_thread) {
+            // Its post waits behind the context's own handlers: lateness is not its fault.
+            SYSV_CHILD_CHECK(after.stats.late_busy >= sysv::wake_demotion_streak);
+            SYSV_CHILD_CHECK(after.stats.demotions == 0);
+            SYSV_CHILD_CHECK(after.configuration == sysv::detail::describe(f.config));
+        } else {
+            // The hook sleeps before telling the context: neither on a CPU nor waiting for
+            // one, as a late mechanism would.
+            SYSV_CHILD_CHECK(after.stats.late >= sysv::wake_demotion_streak);
+            SYSV_CHILD_CHECK(after.stats.demotions >= 1);
+            SYSV_CHILD_CHECK(contains(after.reason, "after the ring"));
+        }
+        return 0;
+    });
 }
 
 #endif
