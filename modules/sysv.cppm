@@ -32,39 +32,39 @@ import sysv.channel;
 
 // sysv.core
 export namespace sysv {
-using sysv::error_code;
-using sysv::system_error;
+using sysv::attachment;
+using sysv::basic_attachment;
 using sysv::errc;
 using sysv::error_category;
-using sysv::make_error_code;
+using sysv::error_code;
 using sysv::kernel_limits;
-using sysv::limits;
 using sysv::key;
-using sysv::to_string;
-using sysv::permissions;
-using sysv::time_point;
-using sysv::shared_memory_status;
-using sysv::semaphore_set_status;
-using sysv::basic_attachment;
-using sysv::attachment;
-using sysv::read_only_attachment;
-using sysv::shared_memory;
+using sysv::limits;
+using sysv::make_error_code;
+using sysv::open_options;
 using sysv::operation;
 using sysv::operation_list;
-using sysv::open_options;
-using sysv::semaphore_set;
-using sysv::process_state;
-using sysv::state_of;
-using sysv::start_time_of;
+using sysv::permissions;
 using sysv::pid_namespace_id;
+using sysv::process_state;
+using sysv::read_only_attachment;
 using sysv::scoped_remover;
+using sysv::semaphore_set;
+using sysv::semaphore_set_status;
+using sysv::shared_memory;
+using sysv::shared_memory_status;
+using sysv::start_time_of;
+using sysv::state_of;
+using sysv::system_error;
+using sysv::time_point;
+using sysv::to_string;
 } // namespace sysv
 
 export namespace sysv::access {
-using sysv::access::read_write_t;
+using sysv::access::read_only;
 using sysv::access::read_only_t;
 using sysv::access::read_write;
-using sysv::access::read_only;
+using sysv::access::read_write_t;
 } // namespace sysv::access
 
 export namespace sysv::op {
@@ -75,93 +75,93 @@ using sysv::op::wait_zero;
 
 // sysv.ring
 export namespace sysv::ring {
-using sysv::ring::magic;
-using sysv::ring::version;
-using sysv::ring::wrap_marker;
-using sysv::ring::label_capacity;
-using sysv::ring::record_header_size;
-using sysv::ring::layout;
-using sysv::ring::record_size;
-using sysv::ring::validate;
 using sysv::ring::describe;
-using sysv::ring::segment_size;
 using sysv::ring::initialise;
+using sysv::ring::is_blank;
+using sysv::ring::label_capacity;
+using sysv::ring::layout;
 using sysv::ring::lock_identity;
 using sysv::ring::lock_identity_pid;
-using sysv::ring::is_blank;
 using sysv::ring::lock_word;
+using sysv::ring::magic;
+using sysv::ring::member;
 using sysv::ring::message;
 using sysv::ring::message_batch;
-using sysv::ring::member;
+using sysv::ring::record_header_size;
+using sysv::ring::record_size;
+using sysv::ring::segment_size;
+using sysv::ring::validate;
+using sysv::ring::version;
 using sysv::ring::view;
+using sysv::ring::wrap_marker;
 } // namespace sysv::ring
 
 export namespace sysv::ring::offsets {
-using sysv::ring::offsets::magic;
-using sysv::ring::offsets::version;
-using sysv::ring::offsets::max_readers;
-using sysv::ring::offsets::max_message_size;
 using sysv::ring::offsets::capacity;
-using sysv::ring::offsets::owner;
-using sysv::ring::offsets::pid_namespace;
-using sysv::ring::offsets::repairs;
-using sysv::ring::offsets::waiting_writers;
-using sysv::ring::offsets::head;
-using sysv::ring::offsets::head_seq;
-using sysv::ring::offsets::tail;
-using sysv::ring::offsets::tail_seq;
-using sysv::ring::offsets::lock;
-using sysv::ring::offsets::dirty;
-using sysv::ring::offsets::dirty_pid;
-using sysv::ring::offsets::lock_sleepers;
-using sysv::ring::offsets::sleeping_readers;
-using sysv::ring::offsets::full_since;
-using sysv::ring::offsets::header_size;
 using sysv::ring::offsets::cursor;
 using sysv::ring::offsets::cursor_seq;
-using sysv::ring::offsets::pid;
-using sysv::ring::offsets::in_use;
-using sysv::ring::offsets::sleeping;
-using sysv::ring::offsets::label;
+using sysv::ring::offsets::dirty;
+using sysv::ring::offsets::dirty_pid;
 using sysv::ring::offsets::entry_size;
+using sysv::ring::offsets::full_since;
+using sysv::ring::offsets::head;
+using sysv::ring::offsets::head_seq;
+using sysv::ring::offsets::header_size;
+using sysv::ring::offsets::in_use;
+using sysv::ring::offsets::label;
+using sysv::ring::offsets::lock;
+using sysv::ring::offsets::lock_sleepers;
+using sysv::ring::offsets::magic;
+using sysv::ring::offsets::max_message_size;
+using sysv::ring::offsets::max_readers;
+using sysv::ring::offsets::owner;
+using sysv::ring::offsets::pid;
+using sysv::ring::offsets::pid_namespace;
+using sysv::ring::offsets::repairs;
+using sysv::ring::offsets::sleeping;
+using sysv::ring::offsets::sleeping_readers;
+using sysv::ring::offsets::tail;
+using sysv::ring::offsets::tail_seq;
+using sysv::ring::offsets::version;
+using sysv::ring::offsets::waiting_writers;
 } // namespace sysv::ring::offsets
 
 // sysv.immediate, sysv.async
 export namespace sysv {
-using sysv::immediate_executor_binder;
+using sysv::async_open_or_create;
+using sysv::async_semaphore_set;
+using sysv::backoff;
+using sysv::backoff_schedule;
+using sysv::basic_async_semaphore_set;
 using sysv::bind_immediate_executor;
 using sysv::has_immediate_executor;
 using sysv::immediate_depth_limit;
-using sysv::backoff;
-using sysv::backoff_schedule;
-using sysv::wake_mode;
+using sysv::immediate_executor_binder;
 using sysv::wake_delivery_bound;
-using sysv::wake_miss_age;
 using sysv::wake_demotion_streak;
-using sysv::wake_statistics;
-using sysv::wake_status;
+using sysv::wake_miss_age;
+using sysv::wake_mode;
 using sysv::wake_mode_of;
 using sysv::wake_mode_reason;
+using sysv::wake_statistics;
+using sysv::wake_status;
 using sysv::wake_status_of;
-using sysv::basic_async_semaphore_set;
-using sysv::async_semaphore_set;
-using sysv::async_open_or_create;
 } // namespace sysv
 
 // sysv.mutex
 export namespace sysv {
 using sysv::basic_mutex;
-using sysv::mutex;
 using sysv::basic_robust_mutex;
+using sysv::mutex;
 using sysv::robust_mutex;
 } // namespace sysv
 
 // sysv.channel
 export namespace sysv {
-using sysv::channel_options;
-using sysv::channel_message;
-using sysv::channel_batch;
-using sysv::channel_lock_holder;
 using sysv::basic_channel;
 using sysv::channel;
+using sysv::channel_batch;
+using sysv::channel_lock_holder;
+using sysv::channel_message;
+using sysv::channel_options;
 } // namespace sysv
