@@ -7,7 +7,6 @@ module;
 
 #include <cerrno>
 #include <csignal>
-#include <cstdio>
 #include <sys/sem.h>
 #include <sys/types.h>
 #include <time.h>
@@ -212,17 +211,12 @@ std::string channel_state::open_detail(const error_code& ec, key k) const {
     // objects at the key are; for a limit, what the channel needs against what the kernel allows.
     std::string s = ring::describe(options_.shape);
     if (ec == errc::foreign_object) {
-        const auto octal = [](mode_t mode) {
-            char text[8];
-            std::snprintf(text, sizeof text, "%04o", static_cast<unsigned>(mode & 0777));
-            return std::string(text);
-        };
-        const auto owners = [&](const permissions& owner, uid_t creator) {
+        const auto owners = [](const permissions& owner, uid_t creator) {
             return "owner uid " + std::to_string(owner.owner_uid) + ", created by uid " +
-                   std::to_string(creator) + ", mode " + octal(owner.mode);
+                   std::to_string(creator) + ", mode " + mode_string(owner.mode & 0777);
         };
         s += "; wanted owner and creator uid " + std::to_string(::geteuid()) + ", mode " +
-             octal(options_.mode);
+             mode_string(options_.mode);
         error_code ignored;
         if (auto set = semaphore_set::open(k, ignored); !ignored)
             if (const auto st = set.stat(ignored); !ignored)

@@ -43,8 +43,7 @@ std::optional<time_point> optional_time(time_t t) noexcept {
     return from_time_t(t);
 }
 
-// All bits, so that a mode refused for bits outside 0777 is shown with them ("01600").
-std::string mode_string(mode_t mode) {
+std::string detail::mode_string(mode_t mode) {
     char buffer[16];
     std::snprintf(buffer, sizeof buffer, "0%03o", static_cast<unsigned>(mode));
     return buffer;

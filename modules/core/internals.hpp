@@ -13,6 +13,10 @@ export namespace sysv::detail {
 /// first (the id no longer exists), become errc::removed.
 error_code id_error(int err) noexcept;
 
+/// A mode for messages, in octal with all its bits, so that a mode refused for bits outside 0777
+/// is shown with them ("0600", "01600").
+std::string mode_string(mode_t mode);
+
 /// Builds the message of a thrown error: "<operation> on <object>: <cause>[; <limit hint>]".
 [[noreturn]] void throw_error(const error_code& ec, std::string_view operation,
                               std::string_view object, std::string_view detail = {});

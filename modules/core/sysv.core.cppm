@@ -694,8 +694,7 @@ error_code last_error() noexcept;
 bool valid_mode(mode_t mode) noexcept;
 time_point from_time_t(time_t t) noexcept;
 std::optional<time_point> optional_time(time_t t) noexcept;
-/// All bits, so that a mode refused for bits outside 0777 is shown with them ("01600").
-std::string mode_string(mode_t mode);
+using detail::mode_string;
 std::string permissions_detail(const permissions& p);
 /// "<what> (key 0x..., id N)".
 std::string describe(std::string_view what, key k, int id);
