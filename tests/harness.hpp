@@ -178,6 +178,9 @@ public:
     }
     void semaphore_id(int id) { semaphore_ids_.push_back(id); }
     void memory_id(int id) { memory_ids_.push_back(id); }
+    /// Whatever set and segment are at `k` when the guard clears: for objects that another
+    /// process (a forked child) creates, which this one cannot record by id.
+    void objects_at(key_t k) { keys_.push_back(k); }
 
     /// A fresh file in a private temporary directory; removed with the guard. Its ftok key is
     /// unique among live files (ftok uses the inode and device).
@@ -211,6 +214,13 @@ public:
 
     /// Removes everything recorded (ignoring objects already removed).
     void clear() {
+        for (key_t k : keys_) {
+            if (const int id = ::semget(k, 0, 0); id != -1)
+                semaphore_ids_.push_back(id);
+            if (const int id = ::shmget(k, 0, 0); id != -1)
+                memory_ids_.push_back(id);
+        }
+        keys_.clear();
         for (int id : semaphore_ids_)
             ::semctl(id, 0, IPC_RMID);
         for (int id : memory_ids_)
@@ -227,6 +237,7 @@ public:
 private:
     std::vector<int> semaphore_ids_;
     std::vector<int> memory_ids_;
+    std::vector<key_t> keys_;
     std::filesystem::path dir_;
     int files_ = 0;
 };

@@ -82,14 +82,6 @@ void hand_over_segment(int id, const user& to) {
     SYSV_CHILD_CHECK(::shmctl(id, IPC_SET, &ds) == 0);
 }
 
-/// Registers what the children left at `k` for removal.
-void guard_key(sysv_test::ipc_guard& guard, key_t k) {
-    if (const int id = ::semget(k, 0, 0); id != -1)
-        guard.semaphore_id(id);
-    if (const int id = ::shmget(k, 0, 0); id != -1)
-        guard.memory_id(id);
-}
-
 /// The handed-over object really is the victim's now, as far as ownership says.
 void check_handed_over_set(key_t k) {
     semid_ds ds{};
@@ -111,12 +103,12 @@ BOOST_AUTO_TEST_SUITE(foreign_creators)
 BOOST_AUTO_TEST_CASE(a_semaphore_set_squatted_and_handed_over_is_refused) {
     sysv_test::ipc_guard guard;
     const key_t k = guard.temp_key();
+    guard.objects_at(k);
     as_user(attacker(), "attacker squats the key", [&] {
         auto set = sysv::semaphore_set::create(sysv::key(k), {3, 7}, 0600); // published
         hand_over_set(set.id(), victim());
         return 0;
     });
-    guard_key(guard, k);
     check_handed_over_set(k);
     as_user(victim(), "victim refuses the set", [&] {
         error_code ec;
@@ -137,12 +129,12 @@ BOOST_AUTO_TEST_CASE(a_semaphore_set_squatted_and_handed_over_is_refused) {
 BOOST_AUTO_TEST_CASE(a_segment_squatted_and_handed_over_is_refused) {
     sysv_test::ipc_guard guard;
     const key_t k = guard.temp_key();
+    guard.objects_at(k);
     as_user(attacker(), "attacker squats the key", [&] {
         auto segment = sysv::shared_memory::create(sysv::key(k), 4096, 0600);
         hand_over_segment(segment.id(), victim());
         return 0;
     });
-    guard_key(guard, k);
     as_user(victim(), "victim refuses the segment", [&] {
         error_code ec;
         sysv::shared_memory::open_or_create(sysv::key(k), 4096, 0600, ec);
@@ -161,12 +153,12 @@ BOOST_AUTO_TEST_CASE(a_segment_squatted_and_handed_over_is_refused) {
 BOOST_AUTO_TEST_CASE(a_mutex_set_squatted_and_handed_over_is_refused) {
     sysv_test::ipc_guard guard;
     const key_t k = guard.temp_key();
+    guard.objects_at(k);
     as_user(attacker(), "attacker squats the key", [&] {
         auto set = sysv::semaphore_set::create(sysv::key(k), {1}, 0600); // a free mutex
         hand_over_set(set.id(), victim());
         return 0;
     });
-    guard_key(guard, k);
     check_handed_over_set(k);
     as_user(victim(), "victim refuses the mutex", [&] {
         asio::io_context io;
@@ -184,6 +176,7 @@ BOOST_AUTO_TEST_CASE(a_mutex_set_squatted_and_handed_over_is_refused) {
 BOOST_AUTO_TEST_CASE(a_room_squatted_set_up_and_handed_over_is_refused) {
     sysv_test::ipc_guard guard;
     const key_t k = guard.temp_key();
+    guard.objects_at(k);
     sysv::channel_options options;
     options.shape.max_readers = 4;
     options.shape.max_message_size = 64;
@@ -198,7 +191,6 @@ BOOST_AUTO_TEST_CASE(a_room_squatted_set_up_and_handed_over_is_refused) {
         }
         return 0;
     });
-    guard_key(guard, k);
     check_handed_over_set(k);
     as_user(victim(), "victim refuses the room", [&] {
         asio::io_context io;
@@ -221,6 +213,7 @@ BOOST_AUTO_TEST_CASE(a_doorbell_table_squatted_and_handed_over_is_not_used) {
     // The victim's table key (this suite runs in an IPC namespace of its own: nobody else's).
     const key_t table_key = static_cast<key_t>(0x5d000000u | (victim().uid & 0xffffffu));
     BOOST_REQUIRE(::shmget(table_key, 0, 0) == -1);
+    guard.objects_at(table_key);
     as_user(attacker(), "attacker squats the victim's table key", [&] {
         // An all-zero segment of the table's size is a valid empty table.
         const int id = ::shmget(table_key, sysv::detail::doorbell_table::size, IPC_CREAT | 0600);
@@ -228,7 +221,6 @@ BOOST_AUTO_TEST_CASE(a_doorbell_table_squatted_and_handed_over_is_not_used) {
         hand_over_segment(id, victim());
         return 0;
     });
-    guard_key(guard, table_key);
     as_user(victim(), "victim does not use the table", [&] {
         ::unsetenv("SYSV_DOORBELL_KEY"); // the user's own key, which the attacker squatted
         SYSV_CHILD_CHECK(sysv::detail::doorbell_table::table_key() == sysv::key(table_key));

@@ -65,6 +65,20 @@ void in_child(const char* mode, const std::function<int()>& body, const char* ex
     BOOST_TEST(c.wait_for(limit).exited_with(0), "SYSV_WAIT_MODE=" << mode);
 }
 
+/// Waits until a process sleeps on the `up` doorbell of set `id` in this process's current table
+/// (its sleeper bit), looking every `step`, at most `limit`; at once without a table.
+void wait_for_sleeper(int id, std::chrono::microseconds limit, std::chrono::microseconds step) {
+    const auto give_up = std::chrono::steady_clock::now() + limit;
+    for (;;) {
+        const auto* table = sysv::detail::doorbell_table::get();
+        if (table == nullptr ||
+            (sysv::detail::doorbell_value(table->word(id, sysv::detail::doorbell_up)) & 1u) != 0 ||
+            std::chrono::steady_clock::now() >= give_up)
+            return;
+        std::this_thread::sleep_for(step);
+    }
+}
+
 /// `rounds` wakes of a waiter in this process by a releaser in another: the waiter says it is
 /// about to wait (semaphore 1), the releaser waits until it sleeps on its doorbell (the word's
 /// sleeper bit; at most 100 ms, for a waiter that polls), then `pause`, then releases
@@ -74,15 +88,9 @@ int wake_rounds(asio::io_context& io, int id, int rounds, const sysv::backoff& b
                 std::chrono::milliseconds pause = 2ms, std::chrono::seconds limit = 60s) {
     sysv_test::child releaser([=] {
         auto set = sysv::semaphore_set::open_id(id);
-        auto* table = sysv::detail::doorbell_table::get();
         for (int i = 0; i < rounds; ++i) {
             set.apply(sysv::op::acquire(1));
-            const auto give_up = std::chrono::steady_clock::now() + 100ms;
-            while (table != nullptr &&
-                   (sysv::detail::doorbell_value(table->word(id, sysv::detail::doorbell_up)) &
-                    1u) == 0 &&
-                   std::chrono::steady_clock::now() < give_up)
-                std::this_thread::sleep_for(50us);
+            wait_for_sleeper(id, 100ms, 50us);
             std::this_thread::sleep_for(pause);
             set.apply(sysv::op::release(0));
         }
@@ -298,15 +306,6 @@ void use_table_at(key_t k) {
     sysv::detail::forget_doorbell_table();
 }
 
-/// Removes what a child left at table key `k` (a table it made, when a check failed first).
-struct table_remover {
-    key_t k;
-    ~table_remover() {
-        if (const int id = ::shmget(k, 0, 0); id != -1)
-            ::shmctl(id, IPC_RMID, nullptr);
-    }
-};
-
 /// A segment of a table's size at `k` whose magic is wrong.
 int corrupt_table(sysv_test::ipc_guard& guard, key_t k) {
     const int id = ::shmget(k, doorbell_table::size, IPC_CREAT | IPC_EXCL | 0600);
@@ -339,14 +338,7 @@ bool woken_by_doorbell(int id, std::chrono::seconds limit) {
 void release_when_asleep(int id) {
     auto set = sysv::semaphore_set::open_id(id);
     set.apply(sysv::op::acquire(1));
-    const auto give_up = std::chrono::steady_clock::now() + 2s;
-    while (std::chrono::steady_clock::now() < give_up) {
-        const auto* table = doorbell_table::get();
-        if (table != nullptr &&
-            (sysv::detail::doorbell_value(table->word(id, sysv::detail::doorbell_up)) & 1u) != 0)
-            break;
-        std::this_thread::sleep_for(1ms);
-    }
+    wait_for_sleeper(id, 2s, 1ms); // on the table get() gives now: a removed one is replaced
     set.apply(sysv::op::release(0));
 }
 
@@ -357,7 +349,7 @@ BOOST_AUTO_TEST_SUITE(doorbell_table_health)
 BOOST_AUTO_TEST_CASE(a_corrupt_table_nobody_has_attached_is_replaced) {
     sysv_test::ipc_guard guard;
     const key_t k = test_table_key(1);
-    table_remover remove_table{k};
+    guard.objects_at(k); // the tables the children make
     const int corrupt = corrupt_table(guard, k);
     const int id = make_pair(guard);
     in_child("io_uring", [&] {
@@ -408,7 +400,7 @@ BOOST_AUTO_TEST_CASE(a_process_whose_table_was_removed_rings_and_sleeps_on_the_n
     for (const bool old_rings : {true, false}) {
         sysv_test::ipc_guard guard;
         const key_t k = test_table_key(old_rings ? 3 : 4);
-        table_remover remove_table{k};
+        guard.objects_at(k); // the tables the children make
         const int id = make_pair(guard);
         in_child("io_uring", [&] {
             use_table_at(k);
